@@ -1,0 +1,112 @@
+"""Shared test helpers: real temporary git repositories and a spec-folder factory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Tests must not inherit a developer's git identity or hooks, nor leak GIT_* from a hook.
+for _var in list(os.environ):
+    if _var.startswith("GIT_"):
+        del os.environ[_var]
+
+PY = sys.executable
+
+
+def git(cwd: Path, *args: str, check: bool = True) -> str:
+    """Run git in ``cwd`` and return its stdout (stripped)."""
+    proc = subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, check=False
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)} failed: {proc.stderr}")
+    return proc.stdout.strip()
+
+
+def init_repo(path: Path, files: Mapping[str, str] | None = None) -> Path:
+    """A real git repository with one commit on ``main``."""
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.email", "test@example.com")
+    git(path, "config", "user.name", "Test")
+    git(path, "config", "commit.gpgsign", "false")
+    for rel, text in (files or {"README.md": "hello\n"}).items():
+        f = path / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "initial")
+    return path
+
+
+def task(
+    task_id: str,
+    *,
+    blocked_by: Sequence[str] = (),
+    files: Sequence[str] = (),
+    command: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One task object for a tasks.json."""
+    t: dict[str, Any] = {
+        "id": task_id,
+        "summary": extra.pop("summary", f"Task {task_id}"),
+        "status": extra.pop("status", "pending"),
+        "relevant_files": list(files),
+        "parallelization": {"blocked_by": list(blocked_by)},
+    }
+    if command is not None:
+        t["command"] = command
+    t.update(extra)
+    return t
+
+
+def write_spec(
+    spec_dir: Path,
+    tasks: Sequence[Mapping[str, Any]],
+    **top: Any,
+) -> Path:
+    """Write ``spec_dir/tasks.json`` (2-space JSON, trailing newline) and return spec_dir."""
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    doc: dict[str, Any] = {"version": 1, "spec": top.pop("spec", spec_dir.name)}
+    doc.update(top)
+    doc["tasks"] = [dict(t) for t in tasks]
+    (spec_dir / "tasks.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    return spec_dir
+
+
+def read_tasks(spec_dir: Path) -> dict[str, dict[str, Any]]:
+    """The tasks of a spec folder by id, as currently on disk."""
+    doc = json.loads((spec_dir / "tasks.json").read_text())
+    return {t["id"]: t for t in doc["tasks"]}
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None,
+            timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m specexec ARGS`` as a real subprocess."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    return subprocess.run(
+        [PY, "-m", "specexec", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+        check=False,
+    )
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Iterator[Path]:
+    """A fresh git repository at ``tmp_path/repo``."""
+    yield init_repo(tmp_path / "repo")
