@@ -1,0 +1,256 @@
+"""Command-line entry point: all argument parsing lives here; each subcommand is a typed
+function in ``specexec.commands`` that takes plain values and returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from specexec import __version__
+from specexec.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, InvalidInput, SpecexecError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="specexec",
+        description="Execute spec folders: plan, run each task in its own git worktree, merge.",
+    )
+    p.add_argument("--version", action="version", version=f"specexec {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("init", help="scaffold a spec folder from a template")
+    s.add_argument("spec_dir")
+    s.add_argument("--template", default="minimal", help="template name (default: minimal)")
+    s.add_argument("--list", action="store_true", help="list the templates and exit")
+
+    s = sub.add_parser("validate", help="check spec folders (schema, graph, paths)")
+    s.add_argument("spec_dirs", nargs="+", metavar="SPEC_DIR")
+
+    s = sub.add_parser("plan", help="show waves, critical path and estimated speedup")
+    s.add_argument("spec_dir")
+    s.add_argument("--jobs", "-j", type=_positive_int, default=4)
+    s.add_argument("--format", choices=("table", "json", "mermaid", "dot"), default="table")
+    s.add_argument("--write", action="store_true", help="store execution_strategy in tasks.json")
+
+    s = sub.add_parser("run", help="run the pending tasks of spec folders")
+    s.add_argument("spec_dirs", nargs="+", metavar="SPEC_DIR")
+    s.add_argument("--jobs", "-j", type=_positive_int, default=4)
+    s.add_argument("--schedule", choices=("eager", "waves"), default="eager")
+    s.add_argument("--worker", help="worker preset or command for every task (overrides tasks.json)")
+    s.add_argument("--retries", type=_non_negative_int, help="max retries per task")
+    s.add_argument("--timeout", type=_positive_float, metavar="MIN", help="timeout per attempt, minutes")
+    s.add_argument("--fail-fast", action="store_true", help="stop starting tasks after a failure")
+    s.add_argument("--strict-scope", action="store_true", help="changes outside relevant_files fail")
+    s.add_argument("--dry-run", action="store_true", help="show what would run, in order")
+    s.add_argument("--keep-worktrees", action="store_true")
+    s.add_argument("--json", action="store_true", help="one JSON event per line")
+    s.add_argument("--wait", action="store_true", help="wait for another run of the spec to end")
+    s.add_argument("--retry-failed", action="store_true", help="reset fail/blocked tasks first")
+    s.add_argument("--isolation", choices=("worktree", "none"), help="override every task's isolation")
+    s.add_argument("--clean-ignored", action="store_true", help="pooled worktrees: remove ignored files too")
+    s.add_argument("--no-pool", action="store_true", help="fresh worktree per task instead of the pool")
+    s.add_argument("--allow-commands", action="store_true", help=argparse.SUPPRESS)
+
+    s = sub.add_parser("status", help="show the state of each task")
+    s.add_argument("spec_dirs", nargs="+", metavar="SPEC_DIR")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("reset", help="set tasks back to pending")
+    s.add_argument("spec_dir")
+    s.add_argument("task_ids", nargs="*", metavar="TASK_ID")
+    s.add_argument("--failed", action="store_true", help="only fail and blocked tasks")
+
+    s = sub.add_parser("report", help="print or regenerate a run's report")
+    s.add_argument("spec_dir")
+    s.add_argument("--run", dest="run_id", help="run id (default: the latest)")
+    s.add_argument("--format", choices=("md", "json", "html"), default="md")
+
+    s = sub.add_parser("watch", help="run spec folders dropped into a directory")
+    s.add_argument("dir")
+    s.add_argument("--jobs", "-j", type=_positive_int, default=4)
+    s.add_argument("--polling", action="store_true", help="poll instead of native file events")
+    s.add_argument("--allow-commands", action="store_true",
+                   help="run tasks' own shell commands from dropped spec folders")
+    s.add_argument("--grace", type=_positive_float, default=10.0, metavar="SEC",
+                   help="on SIGTERM, seconds running tasks get to finish (default 10)")
+
+    s = sub.add_parser("hooks", help="install or remove specexec's git hooks")
+    s.add_argument("action", choices=("install", "uninstall"))
+    s.add_argument("--hook", action="append", dest="hooks", metavar="TYPE",
+                   help="only this hook type (repeatable)")
+    s.add_argument("--repo", default=".", help="repository (default: current directory)")
+
+    s = sub.add_parser("hook-run", help=argparse.SUPPRESS)  # what installed hooks call
+    s.add_argument("hook_type")
+    s.add_argument("hook_args", nargs="*")
+
+    s = sub.add_parser("gc", help="remove stale worktrees and branches")
+    s.add_argument("repo", nargs="?", default=None)
+
+    sub.add_parser("schema", help="print the JSON Schema of tasks.json")
+
+    s = sub.add_parser("demo", help="run the bundled example in a scratch repository")
+    s.add_argument("--dir", dest="path", help="where to create the scratch repository")
+    s.add_argument("--jobs", "-j", type=_positive_int, default=4)
+    return p
+
+
+def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911, C901
+    cmd = args.command
+    if cmd == "init":
+        from specexec.commands.init import init, list_templates
+
+        return list_templates() if args.list else init(args.spec_dir, args.template)
+    if cmd == "validate":
+        from specexec.commands.validate import validate
+
+        return validate(args.spec_dirs)
+    if cmd == "plan":
+        from specexec.commands.plan import plan
+
+        return plan(args.spec_dir, jobs=args.jobs, output=args.format, write=args.write)
+    if cmd == "status":
+        from specexec.commands.status import status
+
+        return status(args.spec_dirs, as_json=args.json)
+    if cmd == "reset":
+        from specexec.commands.reset import reset
+
+        return reset(args.spec_dir, args.task_ids, failed=args.failed)
+    if cmd == "schema":
+        from specexec.commands.schema import schema
+
+        return schema()
+    if cmd == "run":
+        from specexec.commands.run import RunOptions, run
+
+        return run(
+            args.spec_dirs,
+            RunOptions(
+                jobs=args.jobs,
+                schedule=args.schedule,
+                worker=args.worker,
+                retries=args.retries,
+                timeout_minutes=args.timeout,
+                fail_fast=args.fail_fast,
+                strict_scope=args.strict_scope,
+                dry_run=args.dry_run,
+                keep_worktrees=args.keep_worktrees,
+                json=args.json,
+                wait=args.wait,
+                retry_failed=args.retry_failed,
+                isolation=args.isolation,
+                clean_ignored=args.clean_ignored,
+                pool=not args.no_pool,
+                allow_commands=True,
+            ),
+        )
+    if cmd == "report":
+        from specexec.commands.report import report
+
+        return report(args.spec_dir, run_id=args.run_id, output=args.format)
+    if cmd == "watch":
+        from specexec.commands.watch import watch
+
+        return watch(args.dir, jobs=args.jobs, polling=args.polling,
+                     allow_commands=args.allow_commands, grace_s=args.grace)
+    if cmd == "hooks":
+        from specexec.commands.hooks import hooks
+
+        return hooks(args.action, repo=args.repo, hook_types=args.hooks)
+    if cmd == "hook-run":
+        from specexec.commands.hooks import hook_run
+
+        return hook_run(args.hook_type, args.hook_args)
+    if cmd == "gc":
+        from specexec.commands.gc import gc
+
+        return gc(args.repo)
+    if cmd == "demo":
+        from specexec.commands.demo import demo
+
+        return demo(args.path, jobs=args.jobs)
+    raise AssertionError(cmd)
+
+
+def _crash_log(exc: BaseException) -> Path:
+    """Write the traceback of an unexpected error to a file; return its path."""
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "specexec"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        base = Path(tempfile.gettempdir())
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = base / f"crash-{stamp}-{os.getpid()}.log"
+    path.write_text("".join(traceback.format_exception(exc)))
+    return path
+
+
+def report_error(exc: SpecexecError) -> None:
+    if isinstance(exc, InvalidInput) and len(exc.problems) > 1:
+        print(f"specexec: error: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+    else:
+        print(f"specexec: error: {exc}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except SpecexecError as e:
+        report_error(e)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("specexec: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `specexec status | head`: the reader left; nothing is wrong.
+        sys.stderr.close()
+        return 0
+    except Exception as e:  # noqa: BLE001 - the one place that turns crashes into exit 3
+        path = _crash_log(e)
+        print(f"specexec: internal error: {type(e).__name__}: {e} (traceback in {path})",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,393 @@
+"""tasks.json v1 at the file boundary: pydantic models, validation, and ``load_spec``.
+
+Validation reports *every* problem in one pass, each naming the file, the task and the
+field. The raw document (with unknown fields and key order) is kept on the ``Spec`` so
+that writers never lose what they do not understand.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from specexec import jsonio, paths, planner
+from specexec.errors import InvalidInput, UnsafePath
+from specexec.spec import (
+    CONTEXT_FILE,
+    TASKS_FILE,
+    MergeConfig,
+    Spec,
+    Task,
+    WorkerConfig,
+)
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_ID_RE = re.compile(ID_PATTERN)
+
+
+class _Open(BaseModel):
+    # Unknown fields are allowed (and kept in the raw document); types are strict so that
+    # "5" is not silently taken for 5.
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class WorkerModel(_Open):
+    preset: str | None = Field(None, description="Worker preset: shell, claude, codex, aider, gemini.")
+    command: list[str] | str | None = Field(
+        None,
+        description="argv list or shell string; {prompt_file} {task_id} {worktree} {spec_dir} are substituted.",
+    )
+    args: list[str] = Field(default_factory=list, description="Extra arguments for a preset.")
+
+
+WorkerField = Annotated[str | WorkerModel, Field(description="A preset name or a worker object.")]
+
+
+class ParallelizationModel(_Open):
+    blocked_by: list[str] = Field(default_factory=list, description="Ids of tasks that must pass first.")
+
+
+class MergeModel(_Open):
+    strategy: Literal["union", "intersection", "priority", "voting"]
+    key: str | None = Field(None, description="priority: the item field to rank by (ascending).")
+    top_n: Annotated[int, Field(ge=1)] | None = None
+    min_votes: Annotated[int, Field(ge=1)] = 2
+
+
+class DefaultsModel(_Open):
+    timeout_minutes: Annotated[float, Field(gt=0)] = 30.0
+    max_retries: Annotated[int, Field(ge=0, le=100)] = 1
+    verify: str | None = None
+
+
+class TaskModel(_Open):
+    id: str = Field(description="1-64 chars of [A-Za-z0-9._-], starting with a letter or digit.")
+    summary: Annotated[str, Field(min_length=1)]
+    status: Literal["pending", "in_progress", "pass", "fail", "blocked"] = "pending"
+    relevant_files: list[str] = Field(
+        default_factory=list, description="Repo-relative files, directories (trailing /) and globs."
+    )
+    parallelization: ParallelizationModel = Field(default_factory=ParallelizationModel)
+    estimated_minutes: Annotated[float, Field(ge=0)] | None = None
+    duration_minutes: Annotated[float, Field(ge=0)] | None = None
+    command: str | None = Field(None, description="The shell command of the `shell` worker.")
+    verify: str | None = Field(None, description="Run in the worktree after the worker; non-zero fails.")
+    worker: WorkerField | None = None
+    timeout_minutes: Annotated[float, Field(gt=0)] | None = None
+    max_retries: Annotated[int, Field(ge=0, le=100)] | None = None
+    attempts: Annotated[int, Field(ge=0)] = 0
+    isolation: Literal["worktree", "none"] = "worktree"
+    checkout: Literal["full", "sparse"] = "full"
+    sparse_paths: list[str] = Field(default_factory=list)
+    merge: MergeModel | None = None
+    blocker: str | None = None
+    spec_sections: list[str] = Field(default_factory=list)
+    codebase_refs: dict[str, Any] = Field(default_factory=dict)
+    standards: dict[str, Any] = Field(default_factory=dict)
+    started_at: str | None = None
+    completed_at: str | None = None
+    branch: str | None = None
+    commit: str | None = None
+    files_changed: list[str] | None = None
+    scope_violations: list[str] | None = None
+    result: dict[str, Any] | None = None
+
+
+class TasksFileModel(_Open):
+    """tasks.json, version 1. Only tasks[].id and tasks[].summary are required."""
+
+    model_config = ConfigDict(
+        extra="allow", strict=True, title="specexec tasks.json", json_schema_extra={"$id": "https://specexec.dev/schema/tasks-v1.json"}
+    )
+
+    version: Literal[1] = 1
+    spec: str | None = Field(None, description="Spec name (branch specexec/<spec>); default: the folder name.")
+    base_ref: str | None = Field(None, description="Where the integration branch starts; default: HEAD.")
+    worker: WorkerField | None = None
+    defaults: DefaultsModel = Field(default_factory=DefaultsModel)
+    tasks: list[TaskModel]
+    execution_strategy: dict[str, Any] = Field(default_factory=dict)
+
+
+def json_schema() -> dict[str, Any]:
+    schema = TasksFileModel.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+# --- validation --------------------------------------------------------------------------
+
+
+def id_problem(value: str) -> str | None:
+    if not _ID_RE.match(value):
+        return "must be 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter or digit"
+    if ".." in value:
+        return "must not contain '..'"
+    if value.endswith(".lock") or value.endswith("."):
+        return "must not end with '.lock' or '.'"
+    return None
+
+
+def find_repo_root(start: Path) -> Path | None:
+    """The nearest enclosing directory holding ``.git`` (a worktree has a .git file)."""
+    for d in (start, *start.parents):
+        if (d / ".git").exists():
+            return d
+    return None
+
+
+def _loc(loc: Sequence[int | str]) -> str:
+    return ".".join(str(p) for p in loc) or "(document)"
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    msg = str(err.get("msg", "invalid"))
+    if err.get("type") == "missing":
+        return "is required"
+    if "input" in err and err.get("type") not in ("missing",):
+        got = err["input"]
+        shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        return f"{msg} (got {shown})"
+    return msg
+
+
+class _Problems:
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+
+    def where(self, task: str | None, field: str | None) -> str:
+        s = str(self.file)
+        if task is not None:
+            s += f': task "{task}"'
+        if field:
+            s += f": field {field}"
+        return s
+
+    def error(self, task: str | None, field: str | None, what: str) -> None:
+        self.errors.append(f"{self.where(task, field)}: {what}")
+
+    def warn(self, task: str | None, field: str | None, what: str) -> None:
+        self.warnings.append(f"{self.where(task, field)}: {what}")
+
+
+def _task_label(raw_task: Any, index: int) -> str:
+    if isinstance(raw_task, dict) and isinstance(raw_task.get("id"), str) and raw_task["id"]:
+        return raw_task["id"]
+    return f"#{index + 1}"
+
+
+def _worker_config(value: str | WorkerModel | None) -> WorkerConfig | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return WorkerConfig(preset=value)
+    command: tuple[str, ...] | str | None
+    command = tuple(value.command) if isinstance(value.command, list) else value.command
+    return WorkerConfig(preset=value.preset, command=command, args=tuple(value.args))
+
+
+def _check_path(
+    probs: _Problems, label: str, field: str, pattern: str, root: Path | None
+) -> str | None:
+    """Normalise one relevant_files entry, or record why it is unsafe."""
+    problem = paths.path_problem(pattern)
+    if problem:
+        probs.error(label, field, f"{pattern!r}: {problem}")
+        return None
+    if root is None:
+        return pattern
+    prefix = paths.fixed_prefix(pattern)
+    real_root = os.path.realpath(root)
+    target = os.path.realpath(os.path.join(root, prefix)) if prefix else real_root
+    if target != real_root and not target.startswith(real_root + os.sep):
+        probs.error(label, field, f"{pattern!r}: escapes the repository through a symlink")
+        return None
+    if not pattern.endswith("/") and not paths.is_glob(pattern) and os.path.isdir(root / pattern):
+        return pattern + "/"
+    return pattern
+
+
+def validate_document(
+    raw: Any, *, file: Path, repo_root: Path | None, context: Mapping[str, Any] | None = None
+) -> tuple[Spec, list[str]]:
+    """Check a parsed tasks.json; return the Spec and warnings, or raise with every error."""
+    probs = _Problems(file)
+    spec_dir = file.parent
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"{file}: the top level must be a JSON object", [
+            f"{file}: the top level must be a JSON object (got {type(raw).__name__})"
+        ])
+
+    # Top level (everything but tasks), then each task on its own so one bad task does
+    # not hide the problems of the others.
+    top = {k: v for k, v in raw.items() if k != "tasks"}
+    top_model: TasksFileModel | None = None
+    try:
+        top_model = TasksFileModel.model_validate({**top, "tasks": []})
+    except ValidationError as e:
+        for err in e.errors():
+            probs.error(None, _loc(err["loc"]), _describe(err))
+    raw_tasks = raw.get("tasks")
+    if "tasks" not in raw:
+        probs.error(None, "tasks", "is required (a list of task objects)")
+        raw_tasks = []
+    elif not isinstance(raw_tasks, list):
+        probs.error(None, "tasks", f"must be a list (got {type(raw_tasks).__name__})")
+        raw_tasks = []
+
+    models: list[tuple[str, TaskModel, dict[str, Any]]] = []
+    for i, rt in enumerate(raw_tasks):
+        label = _task_label(rt, i)
+        if not isinstance(rt, dict):
+            probs.error(label, None, f"must be an object (got {type(rt).__name__})")
+            continue
+        try:
+            models.append((label, TaskModel.model_validate(rt), rt))
+        except ValidationError as e:
+            for err in e.errors():
+                probs.error(label, _loc(err["loc"]), _describe(err))
+
+    spec_name = spec_dir.name
+    if top_model is not None and top_model.spec is not None:
+        spec_name = top_model.spec
+    if (p := id_problem(spec_name)) is not None:
+        probs.error(None, "spec", f"{spec_name!r} {p} (it names the branch specexec/<spec>)")
+
+    # Ids: invalid, duplicate, colliding by case.
+    seen: dict[str, str] = {}
+    for label, m, _ in models:
+        if (p := id_problem(m.id)) is not None:
+            probs.error(label, "id", f"{m.id!r} {p}")
+        folded = m.id.casefold()
+        if folded in seen:
+            other = seen[folded]
+            if other == m.id:
+                probs.error(label, "id", f'duplicate id "{m.id}"')
+            else:
+                probs.error(
+                    label, "id", f'"{m.id}" differs from "{other}" only in letter case '
+                    "(they collide as branch names and paths)"
+                )
+        else:
+            seen[folded] = m.id
+    ids = {m.id for _, m, _ in models}
+
+    # Blockers: unknown, self.
+    for label, m, _ in models:
+        for b in m.parallelization.blocked_by:
+            if b == m.id:
+                probs.error(label, "parallelization.blocked_by", "a task cannot be blocked by itself")
+            elif b not in ids:
+                probs.error(label, "parallelization.blocked_by", f'unknown task "{b}"')
+
+    defaults = top_model.defaults if top_model else DefaultsModel()
+    spec_worker = _worker_config(top_model.worker) if top_model else None
+    tasks: list[Task] = []
+    for label, m, rt in models:
+        rel: list[str] = []
+        for j, pattern in enumerate(m.relevant_files):
+            norm = _check_path(probs, label, f"relevant_files[{j}]", pattern, repo_root)
+            if norm is not None:
+                rel.append(norm)
+        for j, pattern in enumerate(m.sparse_paths):
+            _check_path(probs, label, f"sparse_paths[{j}]", pattern, repo_root)
+        if not m.relevant_files:
+            probs.warn(label, "relevant_files", "is empty: the task conflicts with nothing and may run beside any task")
+        merge = (
+            MergeConfig(m.merge.strategy, m.merge.key, m.merge.top_n, m.merge.min_votes)
+            if m.merge
+            else None
+        )
+        tasks.append(
+            Task(
+                id=m.id,
+                summary=m.summary,
+                status=m.status,
+                relevant_files=tuple(rel),
+                blocked_by=tuple(b for b in m.parallelization.blocked_by if b != m.id),
+                estimated_minutes=m.estimated_minutes,
+                duration_minutes=m.duration_minutes,
+                command=m.command,
+                verify=m.verify if m.verify is not None else defaults.verify,
+                worker=_worker_config(m.worker),
+                timeout_minutes=m.timeout_minutes or defaults.timeout_minutes,
+                max_retries=m.max_retries if m.max_retries is not None else defaults.max_retries,
+                attempts=m.attempts,
+                isolation=m.isolation,
+                checkout=m.checkout,
+                sparse_paths=tuple(m.sparse_paths),
+                merge=merge,
+                blocker=m.blocker,
+                raw=rt,
+            )
+        )
+
+    # Cycles, only once the edges are known to be sound.
+    if not any("blocked_by" in e or ": field id:" in e for e in probs.errors):
+        cycle = planner.find_cycle(tasks)
+        if cycle:
+            label = cycle[0]
+            probs.error(label, "parallelization.blocked_by", "cycle: " + " -> ".join(cycle))
+
+    if probs.errors:
+        n = len(probs.errors)
+        raise InvalidInput(f"{file}: {n} problem{'s' if n != 1 else ''}", probs.errors)
+
+    spec = Spec(
+        dir=spec_dir,
+        name=spec_name,
+        tasks=tuple(tasks),
+        base_ref=top_model.base_ref if top_model else None,
+        worker=spec_worker,
+        verify=defaults.verify,
+        context=dict(context or {}),
+        raw=raw,
+    )
+    return spec, probs.warnings
+
+
+def load_context(spec_dir: Path) -> dict[str, Any]:
+    path = spec_dir / CONTEXT_FILE
+    if not path.exists():
+        return {}
+    doc = jsonio.load_file(path)
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"{path}: the top level must be a JSON object")
+    glob = doc.get("global", {})
+    if not isinstance(glob, dict):
+        raise InvalidInput(f'{path}: field global: must be an object (got {type(glob).__name__})')
+    return doc
+
+
+def resolve_spec_dir(spec_dir: str | Path) -> Path:
+    """The spec folder as an absolute path; refuses what is not a spec folder."""
+    p = Path(spec_dir)
+    if p.name == TASKS_FILE and p.is_file():
+        p = p.parent
+    if not p.is_dir():
+        raise InvalidInput(f"{spec_dir}: no such spec folder")
+    if not (p / TASKS_FILE).exists() and not (p / TASKS_FILE).is_symlink():
+        raise InvalidInput(f"{spec_dir}: no {TASKS_FILE} in this folder")
+    return p.absolute()
+
+
+def load_spec(spec_dir: str | Path) -> tuple[Spec, list[str]]:
+    """Read and validate a spec folder. Raises InvalidInput with every problem found."""
+    d = resolve_spec_dir(spec_dir)
+    root = find_repo_root(d)
+    if root is not None:
+        real_root, real_dir = os.path.realpath(root), os.path.realpath(d)
+        if real_dir != real_root and not real_dir.startswith(real_root + os.sep):
+            raise UnsafePath(f"{d}: the spec folder is a symlink leading out of its repository")
+    raw = jsonio.load_file(d / TASKS_FILE)
+    context = load_context(d)
+    return validate_document(raw, file=d / TASKS_FILE, repo_root=root, context=context)
