@@ -37,7 +37,9 @@ class _Open(BaseModel):
 
 
 class WorkerModel(_Open):
-    preset: str | None = Field(None, description="Worker preset: shell, claude, codex, aider, gemini.")
+    preset: str | None = Field(
+        None, description="Worker preset: shell, claude, codex, aider, gemini."
+    )
     command: list[str] | str | None = Field(
         None,
         description="argv list or shell string; {prompt_file} {task_id} {worktree} {spec_dir} are substituted.",
@@ -49,7 +51,9 @@ WorkerField = Annotated[str | WorkerModel, Field(description="A preset name or a
 
 
 class ParallelizationModel(_Open):
-    blocked_by: list[str] = Field(default_factory=list, description="Ids of tasks that must pass first.")
+    blocked_by: list[str] = Field(
+        default_factory=list, description="Ids of tasks that must pass first."
+    )
 
 
 class MergeModel(_Open):
@@ -76,7 +80,9 @@ class TaskModel(_Open):
     estimated_minutes: Annotated[float, Field(ge=0)] | None = None
     duration_minutes: Annotated[float, Field(ge=0)] | None = None
     command: str | None = Field(None, description="The shell command of the `shell` worker.")
-    verify: str | None = Field(None, description="Run in the worktree after the worker; non-zero fails.")
+    verify: str | None = Field(
+        None, description="Run in the worktree after the worker; non-zero fails."
+    )
     worker: WorkerField | None = None
     timeout_minutes: Annotated[float, Field(gt=0)] | None = None
     max_retries: Annotated[int, Field(ge=0, le=100)] | None = None
@@ -102,12 +108,19 @@ class TasksFileModel(_Open):
     """tasks.json, version 1. Only tasks[].id and tasks[].summary are required."""
 
     model_config = ConfigDict(
-        extra="allow", strict=True, title="specexec tasks.json", json_schema_extra={"$id": "https://specexec.dev/schema/tasks-v1.json"}
+        extra="allow",
+        strict=True,
+        title="specexec tasks.json",
+        json_schema_extra={"$id": "https://specexec.dev/schema/tasks-v1.json"},
     )
 
     version: Literal[1] = 1
-    spec: str | None = Field(None, description="Spec name (branch specexec/<spec>); default: the folder name.")
-    base_ref: str | None = Field(None, description="Where the integration branch starts; default: HEAD.")
+    spec: str | None = Field(
+        None, description="Spec name (branch specexec/<spec>); default: the folder name."
+    )
+    base_ref: str | None = Field(
+        None, description="Where the integration branch starts; default: HEAD."
+    )
     worker: WorkerField | None = None
     defaults: DefaultsModel = Field(default_factory=DefaultsModel)
     tasks: list[TaskModel]
@@ -185,7 +198,7 @@ def _task_label(raw_task: Any, index: int) -> str:
     return f"#{index + 1}"
 
 
-def _worker_config(value: str | WorkerModel | None) -> WorkerConfig | None:
+def worker_config(value: str | WorkerModel | None) -> WorkerConfig | None:
     if value is None:
         return None
     if isinstance(value, str):
@@ -223,9 +236,10 @@ def validate_document(
     probs = _Problems(file)
     spec_dir = file.parent
     if not isinstance(raw, dict):
-        raise InvalidInput(f"{file}: the top level must be a JSON object", [
-            f"{file}: the top level must be a JSON object (got {type(raw).__name__})"
-        ])
+        raise InvalidInput(
+            f"{file}: the top level must be a JSON object",
+            [f"{file}: the top level must be a JSON object (got {type(raw).__name__})"],
+        )
 
     # Top level (everything but tasks), then each task on its own so one bad task does
     # not hide the problems of the others.
@@ -274,8 +288,10 @@ def validate_document(
                 probs.error(label, "id", f'duplicate id "{m.id}"')
             else:
                 probs.error(
-                    label, "id", f'"{m.id}" differs from "{other}" only in letter case '
-                    "(they collide as branch names and paths)"
+                    label,
+                    "id",
+                    f'"{m.id}" differs from "{other}" only in letter case '
+                    "(they collide as branch names and paths)",
                 )
         else:
             seen[folded] = m.id
@@ -285,12 +301,14 @@ def validate_document(
     for label, m, _ in models:
         for b in m.parallelization.blocked_by:
             if b == m.id:
-                probs.error(label, "parallelization.blocked_by", "a task cannot be blocked by itself")
+                probs.error(
+                    label, "parallelization.blocked_by", "a task cannot be blocked by itself"
+                )
             elif b not in ids:
                 probs.error(label, "parallelization.blocked_by", f'unknown task "{b}"')
 
     defaults = top_model.defaults if top_model else DefaultsModel()
-    spec_worker = _worker_config(top_model.worker) if top_model else None
+    spec_worker = worker_config(top_model.worker) if top_model else None
     tasks: list[Task] = []
     for label, m, rt in models:
         rel: list[str] = []
@@ -301,7 +319,11 @@ def validate_document(
         for j, pattern in enumerate(m.sparse_paths):
             _check_path(probs, label, f"sparse_paths[{j}]", pattern, repo_root)
         if not m.relevant_files:
-            probs.warn(label, "relevant_files", "is empty: the task conflicts with nothing and may run beside any task")
+            probs.warn(
+                label,
+                "relevant_files",
+                "is empty: the task conflicts with nothing and may run beside any task",
+            )
         merge = (
             MergeConfig(m.merge.strategy, m.merge.key, m.merge.top_n, m.merge.min_votes)
             if m.merge
@@ -318,7 +340,7 @@ def validate_document(
                 duration_minutes=m.duration_minutes,
                 command=m.command,
                 verify=m.verify if m.verify is not None else defaults.verify,
-                worker=_worker_config(m.worker),
+                worker=worker_config(m.worker),
                 timeout_minutes=m.timeout_minutes or defaults.timeout_minutes,
                 max_retries=m.max_retries if m.max_retries is not None else defaults.max_retries,
                 attempts=m.attempts,
@@ -364,7 +386,7 @@ def load_context(spec_dir: Path) -> dict[str, Any]:
         raise InvalidInput(f"{path}: the top level must be a JSON object")
     glob = doc.get("global", {})
     if not isinstance(glob, dict):
-        raise InvalidInput(f'{path}: field global: must be an object (got {type(glob).__name__})')
+        raise InvalidInput(f"{path}: field global: must be an object (got {type(glob).__name__})")
     return doc
 
 

@@ -46,7 +46,7 @@ def render_table(spec: Spec, plan: Plan) -> str:
     if plan.critical_path:
         lines.append(
             f"* critical path: {' -> '.join(plan.critical_path)} "
-            f"({fmt.minutes(plan.critical_minutes)})"
+            f"({fmt.minutes(plan.critical_path_minutes)})"
         )
     seq = plan.sequential_minutes
     lines.append(
@@ -103,7 +103,7 @@ def plan_json(spec: Spec, plan: Plan) -> dict[str, Any]:
         "jobs": plan.jobs,
         "execution_strategy": execution_strategy(plan),
         "critical_path": list(plan.critical_path),
-        "critical_path_minutes": plan.critical_minutes,
+        "critical_path_minutes": plan.critical_path_minutes,
         "estimates": {
             "sequential_minutes": plan.sequential_minutes,
             "waves_minutes": plan.waves_minutes,

@@ -1,0 +1,235 @@
+"""`specexec run SPEC_DIR...`: run the pending tasks of one or more spec folders."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from specexec import planner, schedule
+from specexec.commands.reset import reset_tasks
+from specexec.config import cli_worker, repo_worker, resolve_worker
+from specexec.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TASK_FAILED, InvalidInput
+from specexec.events import EventLog
+from specexec.executor import Executor, RunOptions, SpecRun, new_run_id
+from specexec.model import find_repo_root, load_spec
+from specexec.presets import preset_problem
+from specexec.progress import Reporter, make_reporter
+from specexec.report import render_markdown, summary_lines
+from specexec.runlock import RunLock, recover_in_progress
+from specexec.spec import Spec
+from specexec.store import DELETE, CoalescingWriter, TasksStore
+from specexec.worker import sweep_orphans
+from specexec.workspace import Workspace
+
+__all__ = ["RunOptions", "run"]
+
+
+def _load_all(spec_dirs: Sequence[str]) -> list[Spec]:
+    """Every spec folder, with the problems of all of them reported together."""
+    specs: list[Spec] = []
+    problems: list[str] = []
+    for d in spec_dirs:
+        try:
+            specs.append(load_spec(d)[0])
+        except InvalidInput as e:
+            problems.extend(e.problems)
+    if problems:
+        raise InvalidInput(f"{len(problems)} problem(s) in the spec folders", problems)
+    return specs
+
+
+def _needs_git(spec: Spec, opts: RunOptions) -> bool:
+    return any(
+        (opts.isolation or t.isolation) == "worktree" for t in spec.tasks if t.status != "pass"
+    )
+
+
+def _workers(spec: Spec, opts: RunOptions) -> dict[str, Any]:
+    """The resolved worker of each task, refusing what cannot run (all problems at once)."""
+    override = cli_worker(opts.worker)
+    from_repo = repo_worker(find_repo_root(spec.dir))
+    workers, problems = {}, []
+    for t in spec.tasks:
+        w = resolve_worker(t, spec, override, from_repo)
+        workers[t.id] = w
+        if t.status in ("pass",):
+            continue
+        if (p := preset_problem(w, t)) is not None:
+            problems.append(f'{spec.tasks_file}: task "{t.id}": {p}')
+        elif not opts.allow_commands and (
+            w is None or w.command is not None or w.preset in (None, "shell")
+        ):
+            problems.append(
+                f'{spec.tasks_file}: task "{t.id}": runs its own command, which the daemon '
+                "only allows with --allow-commands (or [tool.specexec] allow_commands = true)"
+            )
+    if problems:
+        raise InvalidInput(f"{spec.tasks_file}: {len(problems)} task(s) cannot run", problems)
+    return workers
+
+
+def recover(spec: Spec, store: TasksStore, events: EventLog, ws: Workspace | None) -> list[str]:
+    """Make a spec folder consistent after a run that died (call with the run lock held).
+
+    A task whose branch is already merged passed (its change must not be merged twice);
+    a task left in_progress goes back to pending; leftover worktrees of tasks that will
+    run again are removed when they start."""
+    notes = []
+    if ws is not None:
+        leftovers = ws.task_branches(spec.name)
+        merged = {}
+        for t in spec.tasks:
+            if t.id in leftovers and t.status != "pass" and ws.is_merged(spec.name, t.id):
+                merged[t.id] = {
+                    "status": "pass",
+                    "blocker": DELETE,
+                    "commit": ws.integration_tip(spec.name),
+                }
+                events.transition(t.id, t.status, "pass", note="already merged by a run that died")
+                notes.append(f"{t.id}: already merged by a run that died: pass")
+        if merged:
+            store.update(tasks=merged)
+        for t in spec.tasks:
+            if t.id in leftovers and (t.status == "pass" or t.id in merged):
+                # The merged branch (and any worktree) a dead run could not delete.
+                ws.remove_worktree((spec.name, t.id), delete_branch=True)
+    for tid in recover_in_progress(store, events):
+        notes.append(f"{tid}: left in_progress by a run that died: pending")
+    return notes
+
+
+@contextlib.contextmanager
+def _signals(cancel: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM stop the run cleanly: running workers are stopped, tasks go back
+    to pending. A second signal is not special: cleanup is already under way."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        cancel.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _dry_run(specs: Sequence[Spec], opts: RunOptions) -> int:
+    for spec in specs:
+        _workers(spec, opts)
+    sched = schedule.Schedule([(s.name, s.tasks) for s in specs], opts.jobs, opts.schedule)
+    order = sched.dry_run_order()
+    print(f"dry run: {len(order)} task(s) would run, --jobs {opts.jobs}, schedule {opts.schedule}")
+    for n, key in enumerate(order, 1):
+        print(f"{n:4}. {key[0]}/{key[1]:24} {sched.why_waiting(key)}")
+    for key, reason in sched.initially_blocked():
+        print(f"   -  {key[0]}/{key[1]:24} will not run: {reason}")
+    skipped = [
+        f"{s.name}/{t.id} ({t.status})"
+        for s in specs
+        for t in s.tasks
+        if t.status not in ("pending",) and (s.name, t.id) not in dict(sched.initially_blocked())
+    ]
+    if skipped:
+        print("not run (not pending): " + ", ".join(skipped))
+    return EXIT_OK
+
+
+def run(spec_dirs: Sequence[str], opts: RunOptions, reporter: Reporter | None = None) -> int:
+    specs = _load_all(spec_dirs)
+    if opts.dry_run:
+        return _dry_run(specs, opts)
+    run_id = new_run_id()
+    cancel = threading.Event()
+    with contextlib.ExitStack() as stack:
+        for spec in specs:
+            stack.enter_context(RunLock(spec.dir, wait=opts.wait, run_id=run_id))
+        runs = []
+        for spec in specs:
+            runs.append(prepare(spec, opts, run_id))
+        specs = [r.spec for r in runs]
+        rep = reporter or make_reporter(opts.json)
+        stack.callback(rep.close)
+        executor = Executor(runs, opts, rep, run_id, cancel)
+        if hasattr(rep, "eta"):
+            rep.eta = executor.eta_seconds
+        with _signals(cancel):
+            metrics = executor.run()
+        rep.close()
+        for r in runs:
+            (r.run_dir / "run.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+            (r.run_dir / "report.md").write_text(render_markdown(metrics))
+        if opts.json:
+            rep.event("run_finished", **{k: v for k, v in metrics.items() if k != "records"})
+        else:
+            print()
+            for line in summary_lines(metrics):
+                print(line)
+            print(f"report: {runs[0].run_dir / 'report.md'}")
+    if executor.interrupted:
+        return EXIT_INTERRUPTED
+    t = metrics["tasks"]
+    return EXIT_TASK_FAILED if (t["fail"] or t["blocked"] or t["pending"]) else EXIT_OK
+
+
+def prepare(spec: Spec, opts: RunOptions, run_id: str) -> SpecRun:
+    """Everything a spec folder needs before its tasks start (run lock held)."""
+    store = TasksStore(spec.dir)
+    events = EventLog(spec.dir, run_id)
+    sweep_orphans(spec.runtime_dir / "workers")
+    root = find_repo_root(spec.dir)
+    ws: Workspace | None = None
+    if _needs_git(spec, opts):
+        if root is None:
+            raise InvalidInput(
+                f"{spec.dir}: not inside a git repository; tasks need one for their worktrees "
+                "(or use --isolation none for tasks that change nothing)"
+            )
+        ws = Workspace(root)
+    for note in recover(spec, store, events, ws):
+        print(f"recovered {spec.name}/{note}", file=sys.stderr)
+    if opts.retry_failed:
+        reset_tasks(store, events, failed=True)
+    spec = load_spec(spec.dir)[0]  # the state after recovery and reset
+    workers = _workers(spec, opts)
+    if ws is not None:
+        ws.ensure_integration_branch(spec.name, spec.base_ref)
+    plan = planner.make_plan(spec.tasks, opts.jobs)
+    store.update(top={"execution_strategy": planner.execution_strategy(plan)})
+    run_dir = spec.runtime_dir / "runs" / run_id
+    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(spec.runtime_dir / "runs", 0o700)
+    waves = {tid: w.wave_id for w in plan.waves for tid in w.tasks}
+    results = {
+        t.id: dict(t.raw["result"]) for t in spec.tasks if isinstance(t.raw.get("result"), dict)
+    }
+    return SpecRun(
+        spec=spec,
+        store=store,
+        writer=CoalescingWriter(store),
+        events=events,
+        workspace=ws,
+        run_dir=run_dir,
+        workers=workers,
+        waves=waves,
+        results=results,
+    )
+
+
+def latest_run_dir(spec_dir: Path) -> Path | None:
+    runs = spec_dir / ".specexec" / "runs"
+    if not runs.is_dir():
+        return None
+    dirs = sorted((p for p in runs.iterdir() if (p / "run.json").exists()), key=lambda p: p.name)
+    return dirs[-1] if dirs else None

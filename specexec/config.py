@@ -1,0 +1,60 @@
+"""Which worker runs a task (DESIGN §4): ``--worker`` overrides; otherwise the most
+specific of the task, the spec, and ``[tool.specexec]`` in the repository's pyproject."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from specexec.errors import InvalidInput
+from specexec.model import WorkerField, worker_config
+from specexec.presets import KNOWN_PRESETS
+from specexec.spec import Spec, Task, WorkerConfig
+
+
+def repo_config(repo_root: Path | None) -> dict[str, Any]:
+    """``[tool.specexec]`` of ``<repo>/pyproject.toml``, or {}."""
+    if repo_root is None:
+        return {}
+    path = repo_root / "pyproject.toml"
+    if not path.is_file():
+        return {}
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise InvalidInput(f"{path}: cannot read [tool.specexec]: {e}") from None
+    section = doc.get("tool", {}).get("specexec", {})
+    if not isinstance(section, dict):
+        raise InvalidInput(f"{path}: [tool.specexec] must be a table")
+    return section
+
+
+def repo_worker(repo_root: Path | None) -> WorkerConfig | None:
+    section = repo_config(repo_root)
+    if "worker" not in section:
+        return None
+    try:
+        value = TypeAdapter(WorkerField).validate_python(section["worker"])
+    except ValidationError as e:
+        raise InvalidInput(
+            f"{repo_root}/pyproject.toml: [tool.specexec] worker: {e.errors()[0]['msg']}"
+        ) from None
+    return worker_config(value)
+
+
+def cli_worker(value: str | None) -> WorkerConfig | None:
+    """``--worker claude`` is a preset; anything else is a shell command."""
+    if value is None:
+        return None
+    if value in KNOWN_PRESETS:
+        return WorkerConfig(preset=value)
+    return WorkerConfig(command=value)
+
+
+def resolve_worker(
+    task: Task, spec: Spec, override: WorkerConfig | None, from_repo: WorkerConfig | None
+) -> WorkerConfig | None:
+    return override or task.worker or spec.worker or from_repo

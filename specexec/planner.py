@@ -1,0 +1,247 @@
+"""The plan of a spec: waves with their reasons, the critical path, makespan estimates.
+
+Pure: no I/O. ``make_plan`` plans the tasks it is given as if each were still to run
+(callers that want the remaining work pass only those tasks); blocker ids that are not
+among them count as already satisfied. The eager and waves figures come from driving
+``specexec.schedule.Schedule``, the same rule a run uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from specexec.errors import InvalidInput
+from specexec.paths import conflict_indices, overlap
+from specexec.schedule import (
+    Prepared,
+    Slot,
+    TaskGraph,
+    assign_waves,
+    remaining_critical_path,
+    simulate,
+)
+from specexec.spec import Task
+
+__all__ = [
+    "Mode",
+    "Plan",
+    "Wave",
+    "execution_strategy",
+    "find_cycle",
+    "make_plan",
+    "remaining_critical_path",
+]
+
+Mode = Literal["sequential", "parallel_waves", "fully_parallel"]
+
+# Rationales stay one line even for huge waves.
+_MAX_NAMES = 5
+_MAX_MOVES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Wave:
+    wave_id: int
+    tasks: tuple[str, ...]
+    rationale: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    jobs: int
+    waves: tuple[Wave, ...]
+    mode: Mode
+    critical_path: tuple[str, ...]
+    critical_path_minutes: float
+    sequential_minutes: float  # every estimate, one after the other
+    waves_minutes: float  # waves run one after the other, each on `jobs` slots
+    eager_minutes: float  # the eager rule (the default for `run`)
+    max_concurrent: int  # most tasks running at once under the eager rule
+    conflicts: tuple[tuple[str, str], ...]  # conflicting pairs, in file order
+    warnings: tuple[str, ...]
+    # The eager simulation: (task id, start minute, end minute), in start order.
+    eager_schedule: tuple[tuple[str, float, float], ...] = ()
+
+
+def find_cycle(tasks: Sequence[Task]) -> list[str] | None:
+    """A blocked_by cycle as a path along blocked_by, e.g. ``["T1", "T3", "T1"]``.
+
+    Blocker ids not among ``tasks`` are ignored. None when the graph is acyclic.
+    """
+    graph = TaskGraph.build(tasks)
+    if len(graph.order) == len(tasks):
+        return None
+    color = [0] * len(tasks)  # 0 new, 1 on the DFS stack, 2 done
+    for start in range(len(tasks)):
+        if color[start]:
+            continue
+        # Iterative DFS: deep chains must not hit the recursion limit.
+        path = [start]
+        iters = [iter(graph.deps[start])]
+        color[start] = 1
+        while iters:
+            nxt = next(iters[-1], None)
+            if nxt is None:
+                color[path.pop()] = 2
+                iters.pop()
+            elif color[nxt] == 1:
+                cycle = [*path[path.index(nxt) :], nxt]
+                return [graph.ids[i] for i in cycle]
+            elif color[nxt] == 0:
+                color[nxt] = 1
+                path.append(nxt)
+                iters.append(iter(graph.deps[nxt]))
+    return None  # unreachable when order is short, kept for safety
+
+
+def _critical_path(graph: TaskGraph, est: Sequence[float]) -> tuple[tuple[str, ...], float]:
+    finish = list(est)
+    pred = [-1] * len(est)
+    for i in graph.order:
+        best, arg = 0.0, -1
+        for d in graph.deps[i]:
+            if finish[d] > best:
+                best, arg = finish[d], d
+        finish[i] = est[i] + best
+        pred[i] = arg
+    if not graph.order:
+        return (), 0.0
+    end = max(graph.order, key=lambda i: (finish[i], -i))
+    path = []
+    i = end
+    while i != -1:
+        path.append(graph.ids[i])
+        i = pred[i]
+    return tuple(reversed(path)), finish[end]
+
+
+def _names(ids: Sequence[str]) -> str:
+    if len(ids) <= _MAX_NAMES:
+        return ", ".join(ids)
+    return ", ".join(ids[:_MAX_NAMES]) + f" and {len(ids) - _MAX_NAMES} more"
+
+
+def _rationales(
+    tasks: Sequence[Task],
+    graph: TaskGraph,
+    conflicts: Sequence[frozenset[int]],
+    wave: Sequence[int],
+    members: Sequence[Sequence[int]],
+) -> list[str]:
+    """Why each wave exists: its size, what it waits for, who was moved out of where."""
+    out = []
+    for mem in members:
+        n = len(mem)
+        parts = [f"{n} independent tasks with disjoint files" if n > 1 else "1 task"]
+        blockers = sorted({d for i in mem for d in graph.deps[i]})
+        if blockers:
+            parts.append(f"after {_names([graph.ids[d] for d in blockers])} (blocked_by)")
+        moved = 0
+        for i in mem:
+            low = 1
+            for d in graph.deps[i]:
+                if wave[d] >= low:
+                    low = wave[d] + 1
+            if wave[i] == low:
+                continue
+            moved += 1
+            if moved > _MAX_MOVES:
+                continue
+            # Some conflicting task holds the wave i would otherwise be in.
+            c = min(c for c in conflicts[i] if wave[c] == low)
+            shared = overlap(tasks[i].relevant_files, tasks[c].relevant_files)
+            parts.append(
+                f"{graph.ids[i]} moved out of wave {low}: shares {shared} with {graph.ids[c]}"
+            )
+        if moved > _MAX_MOVES:
+            parts.append(f"{moved - _MAX_MOVES} more moved for shared files")
+        out.append("; ".join(parts))
+    return out
+
+
+def _peak(slots: Sequence[Slot]) -> int:
+    """Most intervals open at once (an end at t frees its slot before a start at t)."""
+    events = sorted([(s, 1) for _, s, _ in slots] + [(e, -1) for _, _, e in slots])
+    peak = cur = 0
+    for _, delta in events:
+        cur += delta
+        peak = max(peak, cur)
+    return peak
+
+
+def make_plan(tasks: Sequence[Task], jobs: int) -> Plan:
+    """Plan ``tasks`` for ``jobs`` parallel slots. Raises InvalidInput on a cycle."""
+    if jobs < 1:
+        raise InvalidInput(f"--jobs must be at least 1 (got {jobs})")
+    # Statuses do not matter here: the plan is of running all of these tasks.
+    todo = [t if t.status == "pending" else replace(t, status="pending") for t in tasks]
+    graph = TaskGraph.build(todo)
+    if len(graph.order) < len(todo):
+        raise InvalidInput("blocked_by cycle: " + " -> ".join(find_cycle(todo) or ["?"]))
+    est = [t.estimate for t in todo]
+    conflicts = conflict_indices(todo)
+    wave = assign_waves(graph, conflicts, graph.bottom_levels(est))
+
+    members: list[list[int]] = [[] for _ in range(max(wave, default=0))]
+    for i, w in enumerate(wave):
+        members[w - 1].append(i)
+    rationales = _rationales(todo, graph, conflicts, wave, members)
+    waves = tuple(
+        Wave(w, tuple(graph.ids[i] for i in mem), rationales[w - 1])
+        for w, mem in enumerate(members, start=1)
+    )
+    if all(len(w.tasks) == 1 for w in waves):
+        mode: Mode = "sequential"
+    elif len(waves) == 1:
+        mode = "fully_parallel"
+    else:
+        mode = "parallel_waves"
+
+    pre = {"": Prepared(graph, conflicts, wave)}
+    eager, slots = simulate(todo, jobs, "eager", prepared=pre)
+    waves_minutes, _ = simulate(todo, jobs, "waves", prepared=pre)
+    path, path_minutes = _critical_path(graph, est)
+
+    warnings = tuple(
+        f"{t.id} has no relevant_files: it is assumed to conflict with no other task"
+        for t in todo
+        if not t.relevant_files
+    )
+    ids = graph.ids
+    pairs = tuple((ids[i], ids[j]) for i, cs in enumerate(conflicts) for j in sorted(cs) if i < j)
+    return Plan(
+        jobs=jobs,
+        waves=waves,
+        mode=mode,
+        critical_path=path,
+        critical_path_minutes=path_minutes,
+        sequential_minutes=float(sum(est)),
+        waves_minutes=waves_minutes,
+        eager_minutes=eager,
+        max_concurrent=_peak(slots),
+        conflicts=pairs,
+        warnings=warnings,
+        eager_schedule=tuple((k[1], s, e) for k, s, e in slots),
+    )
+
+
+def _minutes(x: float) -> float | int:
+    """Whole minutes as ints, the rest to two decimals: stable, small JSON."""
+    r = round(float(x), 2)
+    return int(r) if r.is_integer() else r
+
+
+def execution_strategy(plan: Plan) -> dict[str, Any]:
+    """The ``execution_strategy`` object of tasks.json (DESIGN §1)."""
+    return {
+        "mode": plan.mode,
+        "waves": [
+            {"wave_id": w.wave_id, "tasks": list(w.tasks), "rationale": w.rationale}
+            for w in plan.waves
+        ],
+        "total_sequential_minutes": _minutes(plan.sequential_minutes),
+        "estimated_parallel_minutes": _minutes(plan.eager_minutes),
+        "max_concurrent": plan.max_concurrent,
+    }

@@ -1,0 +1,186 @@
+"""Worker presets and the command line each task's worker runs (DESIGN §4).
+
+| preset | command (cwd = the task's worktree; ``[args]`` = the worker's ``args``)        | prompt via       |
+|--------|-------------------------------------------------------------------------------|------------------|
+| shell  | ``sh -c '<task.command>'`` (default; run verbatim, no placeholders)            | stdin            |
+| claude | ``claude -p --output-format json --permission-mode acceptEdits [args]``       | stdin            |
+| codex  | ``codex exec --sandbox workspace-write --json [args] -``                      | stdin (``-``)    |
+| aider  | ``aider --yes-always --no-auto-commits --no-gitignore --no-pretty --no-stream | ``--message-file``|
+|        | --no-check-update [args] --message-file {prompt_file}``                       | (stdin /dev/null)|
+| gemini | ``gemini --output-format json --approval-mode auto_edit [args]``              | stdin            |
+
+Every worker also gets SPECEXEC_PROMPT_FILE, SPECEXEC_RESULT_FILE, ... in its environment.
+
+Notes on the choices (checked against each CLI's documentation):
+
+- claude: ``-p`` is Claude Code's non-interactive (print) mode; with no prompt argument it
+  reads the prompt from stdin. ``--output-format json`` prints one
+  ``{"type":"result","result":"...","total_cost_usd":...,"usage":{...}}`` object.
+  ``acceptEdits`` lets it edit files without asking; shell commands stay denied. To let
+  it run tests, add e.g. ``"args": ["--allowedTools", "Bash(pytest:*)"]`` or
+  ``["--dangerously-skip-permissions"]`` (only in a sandbox).
+- codex: ``codex exec`` is Codex's non-interactive mode; ``-`` reads the prompt from
+  stdin; ``--json`` prints JSONL events (``item.completed`` agent messages,
+  ``turn.completed`` token usage). ``--sandbox workspace-write`` allows edits in the
+  worktree (``--full-auto`` is its deprecated alias). Extra args go before ``-``.
+- aider: ``--message-file`` runs one message then exits; ``--yes-always`` answers its
+  confirmations (it still never runs shell commands unasked); ``--no-auto-commits``
+  because specexec commits; ``--no-gitignore`` so it does not edit ``.gitignore``;
+  ``--no-pretty``/``--no-stream`` keep the log plain. stdin is /dev/null. Aider writes
+  ``.aider*`` history files into the worktree.
+- gemini: without a TTY and without ``-p`` Gemini CLI runs headless and takes the prompt
+  from stdin; ``--output-format json`` prints ``{"response": "...", "stats": {...}}``;
+  ``--approval-mode auto_edit`` auto-approves edits only. To approve every tool (shell
+  included), use ``{"preset": "gemini", "command": ["gemini", "--output-format", "json",
+  "--approval-mode", "yolo"]}``: the preset then only selects how the output is read.
+
+A worker object ``{"preset": P, "args": [...]}`` inserts ``args`` where shown. A custom
+``{"command": [...] | "..."}`` replaces the preset's command (a ``preset`` next to it then
+only selects how the output is parsed); ``{prompt_file}``, ``{task_id}``, ``{worktree}``,
+``{spec_dir}`` are substituted in it and in ``args`` - shell-quoted inside a string command,
+verbatim inside argv items. ``${NAME}`` is left to the shell and ``{{name}}`` gives a
+literal ``{name}``. A custom command gets the prompt on stdin as well.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from specexec.errors import InvalidInput
+from specexec.spec import Spec, Task, WorkerConfig
+
+PLACEHOLDERS: tuple[str, ...] = ("prompt_file", "task_id", "worktree", "spec_dir")
+DEFAULT_PRESET = "shell"
+CUSTOM = "custom"  # Invocation.preset of a custom command without a preset
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    name: str
+    head: tuple[str, ...]  # argv before the user's args
+    tail: tuple[str, ...] = ()  # argv after them (codex's "-", aider's prompt file)
+    stdin_prompt: bool = True
+
+
+PRESETS: dict[str, Preset] = {
+    "claude": Preset(
+        "claude", ("claude", "-p", "--output-format", "json", "--permission-mode", "acceptEdits")
+    ),
+    "codex": Preset("codex", ("codex", "exec", "--sandbox", "workspace-write", "--json"), ("-",)),
+    "aider": Preset(
+        "aider",
+        (
+            "aider",
+            "--yes-always",
+            "--no-auto-commits",
+            "--no-gitignore",
+            "--no-pretty",
+            "--no-stream",
+            "--no-check-update",
+        ),
+        ("--message-file", "{prompt_file}"),
+        stdin_prompt=False,
+    ),
+    "gemini": Preset(
+        "gemini", ("gemini", "--output-format", "json", "--approval-mode", "auto_edit")
+    ),
+}
+KNOWN_PRESETS: tuple[str, ...] = (DEFAULT_PRESET, *PRESETS)
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """What to run for one task: argv tuple (no shell) or a string for ``sh -c``."""
+
+    command: tuple[str, ...] | str
+    stdin_prompt: bool  # give the rendered prompt on stdin (else /dev/null)
+    preset: str  # how results.parse_result reads the output: a preset name or "custom"
+
+
+# {{name}} -> literal {name}; ${name} is a shell variable; {name} is a placeholder.
+_PLACEHOLDER_RE = re.compile(r"\{\{(?P<esc>[A-Za-z_]\w*)\}\}|(?<!\$)\{(?P<name>[A-Za-z_]\w*)\}")
+
+
+def substitute(text: str, values: Mapping[str, str], *, quote: bool, where: str) -> str:
+    """Replace ``{placeholder}`` in ``text``; shell-quote the values when ``quote``."""
+
+    def repl(m: re.Match[str]) -> str:
+        if m.group("esc") is not None:
+            return "{" + m.group("esc") + "}"
+        name = m.group("name")
+        if name not in PLACEHOLDERS:
+            known = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+            raise InvalidInput(
+                f"{where}: unknown placeholder {{{name}}} (known: {known}; "
+                f"write {{{{{name}}}}} for a literal {{{name}}})"
+            )
+        if name not in values:
+            raise InvalidInput(f"{where}: no value for placeholder {{{name}}}")
+        value = str(values[name])
+        return shlex.quote(value) if quote else value
+
+    return _PLACEHOLDER_RE.sub(repl, text)
+
+
+def _where(task: Task) -> str:
+    return f"task {task.id}: worker"
+
+
+def build_invocation(
+    worker: WorkerConfig | None, task: Task, spec: Spec, placeholders: Mapping[str, str]
+) -> Invocation:
+    """The command for ``task`` under ``worker`` (already resolved per DESIGN §4 by the
+    caller; None = the ``shell`` preset). Raises InvalidInput for an unknown preset, a
+    ``shell`` task without ``command``, or an unknown placeholder."""
+    del spec  # resolution order is the caller's; kept for future per-spec presets
+    worker = worker or WorkerConfig(preset=DEFAULT_PRESET)
+    where = _where(task)
+    preset_name = worker.preset or (CUSTOM if worker.command is not None else DEFAULT_PRESET)
+    if worker.preset is not None and worker.preset not in KNOWN_PRESETS:
+        raise InvalidInput(
+            f"{where}: unknown preset {worker.preset!r} (known: {', '.join(KNOWN_PRESETS)})"
+        )
+    args = tuple(substitute(a, placeholders, quote=False, where=where) for a in worker.args)
+
+    if worker.command is not None:
+        if isinstance(worker.command, str):
+            if not worker.command.strip():
+                raise InvalidInput(f"{where}: the command is empty")
+            text = substitute(worker.command, placeholders, quote=True, where=where)
+            if args:
+                text = f"{text} {shlex.join(args)}"
+            return Invocation(text, True, preset_name)
+        if not worker.command or not worker.command[0]:
+            raise InvalidInput(f"{where}: the command is empty")
+        argv = tuple(substitute(a, placeholders, quote=False, where=where) for a in worker.command)
+        return Invocation(argv + args, True, preset_name)
+
+    if preset_name == DEFAULT_PRESET:
+        if not task.command or not task.command.strip():
+            raise InvalidInput(
+                f"task {task.id}: the 'shell' worker runs the task's 'command', "
+                "but the task has none (set 'command' or choose another worker)"
+            )
+        # Run verbatim: shell code is full of braces; $SPECEXEC_* carry the same values.
+        text = task.command if not args else f"{task.command} {shlex.join(args)}"
+        return Invocation(text, True, DEFAULT_PRESET)
+
+    preset = PRESETS[preset_name]
+    head = tuple(substitute(a, placeholders, quote=False, where=where) for a in preset.head)
+    tail = tuple(substitute(a, placeholders, quote=False, where=where) for a in preset.tail)
+    return Invocation(head + args + tail, preset.stdin_prompt, preset_name)
+
+
+def preset_problem(worker: WorkerConfig | None, task: Task) -> str | None:
+    """Why ``task`` cannot run under ``worker`` (for validation), or None."""
+    dummy = {p: f"<{p}>" for p in PLACEHOLDERS}
+    spec = Spec(dir=Path("."), name="", tasks=(task,))
+    try:
+        build_invocation(worker, task, spec, dummy)
+    except InvalidInput as exc:
+        return str(exc)
+    return None

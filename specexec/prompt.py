@@ -1,0 +1,309 @@
+"""Rendering the worker prompt (BUILD_WORKER_PROMPT_PATTERN, handoff form of pattern 000).
+
+The template is ``<spec_dir>/worker_prompt.md.j2`` when the spec folder has one, else the
+packaged ``specexec/prompts/worker_prompt.md.j2``. Spec folders may be dropped in by other
+people, so templates run in jinja2's immutable sandbox: no attribute starting with ``_``,
+no mutation of the data passed in, bounded ``range``, and bounded ``*``/``**`` so a
+template cannot exhaust memory or CPU. Any template problem is an InvalidInput naming the
+file and line.
+
+Variables a template sees (plain JSON-like data):
+
+- ``task``: the task's whole JSON object, plus normalised lists ``relevant_files``,
+  ``spec_sections``, ``functions`` (codebase_refs.functions), ``patterns``
+  (standards.patterns), and ``verify`` (the task's, else the spec's)
+- ``spec``: ``{"name", "dir"}``; ``project``: ``{"product_pitch", "tech_stack" (list),
+  "branch_name"}`` from context-summary.json; ``context``: that whole file
+- ``parallel``: ``{"wave", "concurrent_tasks", "conflict_risk", "instructions"}``
+- ``inputs``: the blockers' results ``[{"task_id", "status", "summary", "notes", "data"}]``
+- ``merged``: ``{"strategy", "sources", "data"}`` (MergedInput.items as ``data``) or None
+- ``result_env``: the name of the result-file variable (SPECEXEC_RESULT_FILE)
+- filter ``json``: pretty JSON (jinja's ``tojson`` escapes ``<>&`` for HTML)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import operator
+import os
+import stat
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from specexec.errors import InvalidInput, UnsafePath
+from specexec.spec import PROMPT_OVERRIDE, Spec, Task
+
+TEMPLATE_MAX_BYTES = 1024 * 1024
+PACKAGED_TEMPLATE = "prompts/worker_prompt.md.j2"
+RESULT_ENV = "SPECEXEC_RESULT_FILE"
+
+DEFAULT_INSTRUCTIONS = (
+    "- Work only in this worktree (your current directory); do not read or write files "
+    "outside it.\n"
+    "- Change only the files listed under Files to Modify (and their tests); other tasks "
+    "may be changing other files at the same time.\n"
+    "- Do not commit, push, create branches or switch branches: specexec commits and merges "
+    "your changes when you are done."
+)
+
+# Limits on what a template expression may build (the sandbox alone does not bound them).
+_MAX_REPEAT = 1_000_000  # items or characters made by `*`
+_MAX_POWER_BITS = 100_000  # bits of an int made by `**`
+
+
+@dataclass(frozen=True, slots=True)
+class ParallelContext:
+    wave: int
+    concurrent_tasks: tuple[str, ...] = ()
+    conflict_risk: str = "none"
+    instructions: str = DEFAULT_INSTRUCTIONS
+
+
+@dataclass(frozen=True, slots=True)
+class BlockerResult:
+    """A finished blocker, as handed to the task that waited for it."""
+
+    task_id: str
+    status: str
+    summary: str | None = None
+    notes: str | None = None
+    data: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class MergedInput:
+    """The blockers' ``data`` combined by the task's merge strategy (handoff.merge_data).
+
+    Templates see it as ``merged.data`` (``merged.items`` would be the dict method)."""
+
+    strategy: str
+    items: Sequence[Any] = ()
+    sources: tuple[str, ...] = ()  # the blockers merged, in declared order
+
+
+class _Environment(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
+        if operator_ == "**":
+            if (
+                isinstance(left, int)
+                and isinstance(right, int)
+                and right > 0
+                and left.bit_length() * right > _MAX_POWER_BITS
+            ):
+                raise SecurityError("the result of '**' would be too large")
+            return operator.pow(left, right)  # floats overflow quickly (OverflowError)
+        if operator_ == "*":
+            for seq, times in ((left, right), (right, left)):
+                sized = isinstance(seq, str | list | tuple) and isinstance(times, int)
+                if sized and len(seq) * times > _MAX_REPEAT:
+                    raise SecurityError("the result of '*' would be too large")
+            return operator.mul(left, right)
+        return super().call_binop(context, operator_, left, right)
+
+
+def _json_filter(value: Any, indent: int | None = 2) -> str:
+    return json.dumps(value, indent=indent, ensure_ascii=False, default=str)
+
+
+@functools.cache
+def _environment() -> _Environment:
+    env = _Environment(
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["json"] = _json_filter
+    return env
+
+
+@functools.lru_cache(maxsize=16)
+def _compile(source: str, filename: str) -> jinja2.Template:
+    env = _environment()
+    code = env.compile(source, name=os.path.basename(filename), filename=filename)
+    return env.template_class.from_code(env, code, env.make_globals(None))
+
+
+@functools.cache
+def _packaged_source() -> str:
+    return resources.files("specexec").joinpath(PACKAGED_TEMPLATE).read_text(encoding="utf-8")
+
+
+def template_path(spec_dir: Path) -> Path | None:
+    """The spec folder's own template, checked; None when it has none.
+
+    It must be a regular file inside the spec folder: a symlink is followed only when its
+    target stays inside (UnsafePath otherwise), anything else (a FIFO, a directory) is
+    refused, and so is a file over TEMPLATE_MAX_BYTES.
+    """
+    path = spec_dir / PROMPT_OVERRIDE
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InvalidInput(f"{path}: cannot read the prompt template: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        target = Path(os.path.realpath(path))
+        root = Path(os.path.realpath(spec_dir))
+        if not target.is_relative_to(root):
+            raise UnsafePath(
+                f"{path}: the prompt template is a symlink to {target}, outside the spec folder"
+            )
+        try:
+            st = os.stat(target)
+        except OSError:
+            raise UnsafePath(f"{path}: the prompt template is a dangling symlink") from None
+        path = target
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafePath(f"{path}: the prompt template is not a regular file")
+    if st.st_size > TEMPLATE_MAX_BYTES:
+        raise InvalidInput(
+            f"{path}: the prompt template is {st.st_size} bytes (limit {TEMPLATE_MAX_BYTES})"
+        )
+    return path
+
+
+def _load(spec_dir: Path) -> tuple[str, str]:
+    """(source, filename) of the template to use."""
+    path = template_path(spec_dir)
+    if path is None:
+        return _packaged_source(), f"<specexec>/{PACKAGED_TEMPLATE}"
+    try:
+        return path.read_text(encoding="utf-8"), str(spec_dir / PROMPT_OVERRIDE)
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path}: the prompt template is not UTF-8 text") from None
+    except OSError as exc:
+        raise InvalidInput(f"{path}: cannot read the prompt template: {exc.strerror}") from None
+
+
+def _list(value: Any) -> list[Any]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, list | tuple):
+        return [v for v in value if v is not None and v != ""]
+    return [value]
+
+
+def _plain(value: Any) -> Any:
+    """A deep copy as dicts/lists (the template must not see or touch our objects)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def _task_vars(spec: Spec, task: Task) -> dict[str, Any]:
+    raw = _plain(task.raw) if task.raw else {}
+    refs = raw.get("codebase_refs")
+    refs = refs if isinstance(refs, dict) else {}
+    standards = raw.get("standards")
+    standards = standards if isinstance(standards, dict) else {}
+    out = dict(raw)
+    out.update(
+        id=task.id,
+        summary=task.summary,
+        relevant_files=list(task.relevant_files) or _list(raw.get("relevant_files")),
+        spec_sections=_list(raw.get("spec_sections")),
+        functions=_list(refs.get("functions")),
+        patterns=_list(standards.get("patterns")),
+        verify=task.verify or spec.verify,
+        blocked_by=list(task.blocked_by),
+    )
+    return out
+
+
+def _project_vars(context: Mapping[str, Any]) -> dict[str, Any]:
+    raw = context.get("global")
+    glob: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    stack = glob.get("tech_stack")
+    if isinstance(stack, str):
+        stack = [s.strip() for s in stack.split(",")]
+    return {
+        "product_pitch": glob.get("product_pitch") or None,
+        "tech_stack": [str(s) for s in _list(stack)],
+        "branch_name": glob.get("branch_name") or None,
+    }
+
+
+def render_prompt(
+    spec: Spec,
+    task: Task,
+    *,
+    parallel: ParallelContext,
+    inputs: Sequence[BlockerResult],
+    merged: MergedInput | None = None,
+) -> str:
+    """The worker prompt for ``task``. Raises InvalidInput (UnsafePath) for a bad template."""
+    source, filename = _load(spec.dir)
+    variables = {
+        "task": _task_vars(spec, task),
+        "spec": {"name": spec.name, "dir": str(spec.dir)},
+        "project": _project_vars(spec.context),
+        "context": _plain(spec.context),
+        "parallel": {
+            "wave": parallel.wave,
+            "concurrent_tasks": list(parallel.concurrent_tasks),
+            "conflict_risk": parallel.conflict_risk,
+            "instructions": parallel.instructions or DEFAULT_INSTRUCTIONS,
+        },
+        "inputs": [
+            {
+                "task_id": b.task_id,
+                "status": b.status,
+                "summary": b.summary,
+                "notes": b.notes,
+                "data": _plain(b.data),
+            }
+            for b in inputs
+        ],
+        "merged": None
+        if merged is None
+        else {
+            "strategy": merged.strategy,
+            "sources": list(merged.sources),
+            "data": _plain(list(merged.items)),
+        },
+        "result_env": RESULT_ENV,
+    }
+    try:
+        text = _compile(source, filename).render(variables)
+    except jinja2.TemplateSyntaxError as exc:
+        raise InvalidInput(
+            f"{filename}:{exc.lineno}: template syntax error: {exc.message}"
+        ) from None
+    except (SecurityError, jinja2.TemplateError, ArithmeticError, TypeError, ValueError) as exc:
+        raise InvalidInput(f"{_where(exc, filename)}: template error: {_message(exc)}") from None
+    except RecursionError:
+        raise InvalidInput(f"{filename}: template error: recursion too deep") from None
+    return text if text.endswith("\n") else text + "\n"
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, SecurityError):
+        return f"not allowed in a sandboxed template: {text}"
+    return text
+
+
+def _where(exc: BaseException, filename: str) -> str:
+    """``file:line`` of the template line that failed (jinja maps frames to it)."""
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename == filename:
+            line = frame.lineno
+    return f"{filename}:{line}" if line else filename

@@ -1,0 +1,521 @@
+"""Reading what a worker reported (DESIGN §3.5).
+
+Where the result comes from, first match wins:
+
+1. ``result_file`` ($SPECEXEC_RESULT_FILE), if the worker wrote it (an empty file counts as
+   not written). Trusted even when the exit code is non-zero (a note says so): writing it
+   is a deliberate act. It is read with jsonio.loads (no duplicate keys, NaN, BOM or
+   nesting over 64). Invalid JSON, a non-object, or an unreadable / symlinked / FIFO /
+   huge file -> ``fail`` with a blocker saying so.
+2. The output (the latest attempt in the log, at most its last LOG_TAIL_BYTES): the agent
+   CLI's own envelope is unwrapped first (Claude Code JSON, Codex JSONL events, Gemini CLI
+   JSON, Aider's text), then the last fenced ```json block holding an object with a
+   "status", else the last line that is a JSON object with a "status".
+3. The exit code: 0 = pass, anything else (or none: killed, not started) = fail.
+
+Fail-safe rules: a result found in the *output* that says ``pass`` while the exit code is
+not 0 (or the agent CLI reported an error) becomes ``fail``. An unknown or missing status is
+``fail`` with a blocker naming it. Cost and token figures from the envelope are kept
+whichever source the result came from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import stat
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from specexec import jsonio
+from specexec.errors import InvalidInput
+from specexec.worker import ATTEMPT_FOOTER, ATTEMPT_HEADER
+
+ResultStatus = Literal["pass", "fail", "blocked"]
+Source = Literal["result_file", "output", "exit_code"]
+RESULT_STATUSES: tuple[ResultStatus, ...] = ("pass", "fail", "blocked")
+
+LOG_TAIL_BYTES = 4 * 1024 * 1024
+RESULT_FILE_MAX_BYTES = 4 * 1024 * 1024
+_MAX_LINE_IN_BLOCKER = 200
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerResult:
+    status: ResultStatus
+    files_modified: tuple[str, ...] = ()
+    files_created: tuple[str, ...] = ()
+    test_results: Mapping[str, int] | None = None  # {ran, passed, failed}
+    blocker: str | None = None
+    notes: str | None = None
+    data: list[Any] | None = None
+    duration_minutes: float | None = None
+    cost_usd: float | None = None
+    tokens: Mapping[str, int] | None = None  # {input, output, ...}
+    source: Source = "exit_code"
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # as reported
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``result`` object specexec records in tasks.json (None fields left out)."""
+        out: dict[str, Any] = {"status": self.status, "source": self.source}
+        if self.files_modified:
+            out["files_modified"] = list(self.files_modified)
+        if self.files_created:
+            out["files_created"] = list(self.files_created)
+        for key in ("test_results", "tokens"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = dict(value)
+        for key in ("blocker", "notes", "data", "duration_minutes", "cost_usd"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        return out
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _loads(text: str) -> Any:
+    """json.loads without NaN/Infinity; raises ValueError (also for absurd nesting)."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _int(value: Any) -> int | None:
+    n = _number(value)
+    return int(n) if n is not None else None
+
+
+def _str_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list):
+        return ()
+    return tuple(v for v in value if isinstance(v, str))
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _clip(text: str, limit: int = _MAX_LINE_IN_BLOCKER) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def read_log_tail(log_path: Path, max_bytes: int = LOG_TAIL_BYTES) -> str:
+    """The latest attempt's output: at most the last ``max_bytes`` of the log, starting
+    after the last attempt header, without specexec's own end line."""
+    try:
+        with open(log_path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - max_bytes))
+            data = f.read(max_bytes)
+    except OSError:
+        return ""
+    text = data.decode("utf-8", "replace")
+    start = text.rfind("\n" + ATTEMPT_HEADER)
+    if start >= 0:
+        start += 1
+    elif text.startswith(ATTEMPT_HEADER):
+        start = 0
+    if start >= 0:
+        eol = text.find("\n", start)
+        text = "" if eol < 0 else text[eol + 1 :]
+    end = text.rfind(ATTEMPT_FOOTER)
+    if end >= 0 and (end == 0 or text[end - 1] == "\n"):
+        text = text[:end]
+    return text
+
+
+def _last_line(text: str) -> str | None:
+    for line in reversed(text.splitlines()):
+        if line.strip():
+            return _clip(line.strip())
+    return None
+
+
+# --------------------------------------------------------------------------- finding JSON
+
+_FENCE_RE = re.compile(r"```json[ \t]*\r?\n(.*?)\r?\n[ \t]*```", re.S | re.I)
+
+
+def find_result_object(text: str) -> dict[str, Any] | None:
+    """The last fenced ```json block holding an object with "status", else the last line
+    that is such an object."""
+    found: dict[str, Any] | None = None
+    for m in _FENCE_RE.finditer(text):
+        try:
+            obj = _loads(m.group(1))
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and "status" in obj:
+            found = obj
+    if found is not None:
+        return found
+    for line in reversed(text.splitlines()):
+        s = line.strip()
+        if s.startswith("{") and s.endswith("}") and '"status"' in s:
+            try:
+                obj = _loads(s)
+            except ValueError:
+                continue
+            if isinstance(obj, dict) and "status" in obj:
+                return obj
+    return None
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _objects_reversed(text: str) -> Iterator[dict[str, Any]]:
+    """JSON objects that start at the beginning of a line, last first (one per line
+    start: JSONL events, or a pretty-printed object whose ``{`` is in column 0)."""
+    pos = len(text)
+    while pos > 0:
+        start = text.rfind("\n", 0, pos - 1) + 1 if pos > 1 else 0
+        if text.startswith("{", start):
+            try:
+                obj, _ = _DECODER.raw_decode(text, start)
+            except (ValueError, RecursionError):
+                obj = None
+            if isinstance(obj, dict):
+                yield obj
+        pos = start
+        if start == 0:
+            break
+
+
+# --------------------------------------------------------------------------- envelopes
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """What an agent CLI wrapped around its answer."""
+
+    kind: str
+    text: str  # the agent's final answer, searched for the result JSON
+    cost_usd: float | None = None
+    tokens: dict[str, int] | None = None
+    error: str | None = None  # the CLI itself reported a failure
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _tokens(pairs: Mapping[str, Any]) -> dict[str, int] | None:
+    out = {k: n for k, v in pairs.items() if (n := _int(v)) is not None}
+    return out or None
+
+
+def _claude(text: str) -> Envelope | None:
+    for obj in _objects_reversed(text):
+        if obj.get("type") != "result":
+            continue
+        answer = obj.get("result")
+        usage = _dict(obj.get("usage"))
+        tokens = _tokens(
+            {
+                "input": usage.get("input_tokens"),
+                "output": usage.get("output_tokens"),
+                "cache_creation": usage.get("cache_creation_input_tokens"),
+                "cache_read": usage.get("cache_read_input_tokens"),
+            }
+        )
+        cost = _number(obj.get("total_cost_usd", obj.get("cost_usd")))
+        error = None
+        if obj.get("is_error") is True or str(obj.get("subtype", "success")) != "success":
+            detail = answer if isinstance(answer, str) and answer.strip() else obj.get("subtype")
+            error = f"claude reported an error: {_clip(str(detail or 'is_error'))}"
+        return Envelope("claude", answer if isinstance(answer, str) else "", cost, tokens, error)
+    return None
+
+
+def _codex(text: str) -> Envelope | None:
+    answer: str | None = None
+    usage_sum: dict[str, int] = {}
+    failed: str | None = None
+    last_error: str | None = None
+    completed = seen = False
+    for obj in _objects_reversed(text):
+        kind = obj.get("type")
+        msg = obj.get("msg")
+        if kind in ("thread.started", "turn.started", "item.started", "item.updated"):
+            seen = True
+        elif kind == "item.completed":
+            seen = True
+            item = _dict(obj.get("item"))
+            if answer is None and item.get("type") in ("agent_message", "assistant_message"):
+                answer = _text(item.get("text"))
+        elif kind == "turn.completed":
+            seen = completed = True
+            for key, value in _dict(obj.get("usage")).items():
+                if (n := _int(value)) is not None:
+                    name = key.removesuffix("_tokens")
+                    usage_sum[name] = usage_sum.get(name, 0) + n
+        elif kind == "turn.failed":
+            seen = True
+            err = obj.get("error")
+            message = err.get("message") if isinstance(err, dict) else err
+            failed = failed or _clip(str(message or "turn failed"))
+        elif kind == "error":
+            last_error = last_error or _clip(str(obj.get("message") or "error"))
+        elif isinstance(msg, dict):  # codex before the thread/turn/item events (<= 0.40)
+            seen = True
+            if answer is None and msg.get("type") == "agent_message":
+                answer = _text(msg.get("message"))
+            elif answer is None and msg.get("type") == "task_complete":
+                answer = _text(msg.get("last_agent_message"))
+    if not seen:
+        return None
+    error = failed or (last_error if not completed else None)
+    return Envelope(
+        "codex",
+        answer or "",
+        None,
+        usage_sum or None,
+        f"codex reported an error: {error}" if error else None,
+    )
+
+
+_GEMINI_KEYS = frozenset({"response", "stats", "error", "session_id"})
+
+
+def _gemini(text: str) -> Envelope | None:
+    for obj in _objects_reversed(text):
+        err_obj = obj.get("error")
+        is_error = isinstance(err_obj, dict) and "message" in err_obj and set(obj) <= _GEMINI_KEYS
+        if "response" not in obj and not is_error:
+            continue
+        answer = obj.get("response")
+        tokens: dict[str, int] = {}
+        stats = _dict(obj.get("stats"))
+        models = _dict(stats.get("models"))
+        names = {"prompt": "input", "candidates": "output"}
+        for model in models.values():
+            for key, value in _dict(_dict(model).get("tokens")).items():
+                if (n := _int(value)) is not None:
+                    name = names.get(str(key), str(key))
+                    tokens[name] = tokens.get(name, 0) + n
+        for key, name in (("inputTokens", "input"), ("outputTokens", "output")):
+            if (n := _int(stats.get(key))) is not None:
+                tokens.setdefault(name, n)
+        err = obj.get("error")
+        error = None
+        if err:
+            message = err.get("message") if isinstance(err, dict) else err
+            error = f"gemini reported an error: {_clip(str(message))}"
+        return Envelope("gemini", _text(answer) or "", None, tokens or None, error)
+    return None
+
+
+_AIDER_TOKENS_RE = re.compile(r"^Tokens:\s*(.+?)\.\s*(?:Cost:|$)", re.M)
+_AIDER_PART_RE = re.compile(r"([\d.,]+)\s*([kKmM]?)\s+(sent|received|cache write|cache hit)")
+_AIDER_COST_RE = re.compile(r"Cost:\s*\$([\d.,]+)\s*message,\s*\$([\d.,]+)\s*session")
+
+
+def _count(number: str, suffix: str) -> int:
+    value = float(number.replace(",", ""))
+    return round(value * {"": 1, "k": 1_000, "m": 1_000_000}[suffix.lower()])
+
+
+def _aider(text: str) -> Envelope | None:
+    names = {"sent": "input", "received": "output", "cache write": "cache_write"}
+    tokens: dict[str, int] = {}
+    for line in _AIDER_TOKENS_RE.finditer(text):
+        for number, suffix, what in _AIDER_PART_RE.findall(line.group(1)):
+            try:
+                n = _count(number, suffix)
+            except ValueError:
+                continue
+            name = names.get(what, "cache_hit")
+            tokens[name] = tokens.get(name, 0) + n
+    cost = None
+    costs = _AIDER_COST_RE.findall(text)
+    if costs:
+        try:
+            cost = float(costs[-1][1].replace(",", ""))  # the session total
+        except ValueError:
+            cost = None
+    if not tokens and cost is None:
+        return None
+    return Envelope("aider", text, cost, tokens or None, None)
+
+
+_UNWRAPPERS = {"claude": _claude, "codex": _codex, "gemini": _gemini, "aider": _aider}
+
+
+def unwrap(output: str, preset: str) -> Envelope:
+    """The agent's answer inside its CLI's output. ``shell`` output is taken as it is; a
+    custom command (a wrapper script, say) is tried against every known envelope."""
+    if preset in _UNWRAPPERS:
+        order = [preset]
+    elif preset == "shell":
+        order = []
+    else:
+        order = list(_UNWRAPPERS)
+    for name in order:
+        env = _UNWRAPPERS[name](output)
+        if env is not None:
+            return env
+    return Envelope("plain", output)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _read_result_file(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(object, None), (None, None) if not written, or (None, why it is unusable)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        if path.is_symlink():
+            return None, f"the result file {path} is a symlink; refusing to read it"
+        return None, f"cannot read the result file {path}: {exc.strerror or exc}"
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return None, f"the result file {path} is not a regular file"
+        if st.st_size > RESULT_FILE_MAX_BYTES:
+            return None, (
+                f"the result file {path} is {st.st_size} bytes "
+                f"(more than {RESULT_FILE_MAX_BYTES}); refusing to read it"
+            )
+        data = f.read(RESULT_FILE_MAX_BYTES + 1)
+    if not data.strip():
+        return None, None
+    try:
+        obj = jsonio.loads(data, source=str(path))
+    except InvalidInput as exc:  # "<path>:<line>:<col>: <what>"
+        return None, f"the result file is not usable: {exc}"
+    if not isinstance(obj, dict):
+        return None, f"the result file {path} must hold a JSON object, not {type(obj).__name__}"
+    return obj, None
+
+
+def _test_results(value: Any) -> dict[str, int] | None:
+    if not isinstance(value, dict):
+        return None
+    out = {k: n for k in ("ran", "passed", "failed") if (n := _int(value.get(k))) is not None}
+    return out or None
+
+
+def _from_object(obj: Mapping[str, Any], source: Source, env: Envelope) -> WorkerResult:
+    raw_status = obj.get("status")
+    status = raw_status.strip().lower() if isinstance(raw_status, str) else None
+    blocker = _text(obj.get("blocker"))
+    if status not in RESULT_STATUSES:
+        what = "reported no status" if raw_status is None else f"reported status {raw_status!r}"
+        why = f"the worker {what} (expected pass, fail or blocked)"
+        blocker = f"{why}; its blocker: {blocker}" if blocker else why
+        status = "fail"
+    data = obj.get("data")
+    return WorkerResult(
+        status=cast(ResultStatus, status),
+        files_modified=_str_list(obj.get("files_modified")),
+        files_created=_str_list(obj.get("files_created")),
+        test_results=_test_results(obj.get("test_results")),
+        blocker=blocker,
+        notes=_text(obj.get("notes")),
+        data=None if data is None else data if isinstance(data, list) else [data],
+        duration_minutes=_number(obj.get("duration_minutes")),
+        cost_usd=env.cost_usd,
+        tokens=env.tokens,
+        source=source,
+        raw=dict(obj),
+    )
+
+
+def _exit_description(returncode: int | None) -> str:
+    if returncode is None:
+        return "did not exit normally (stopped or never started)"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with code {returncode}"
+
+
+def _append(text: str | None, extra: str) -> str:
+    return f"{text} ({extra})" if text else extra
+
+
+def parse_result(
+    result_file: Path, log_path: Path, returncode: int | None, *, preset: str
+) -> WorkerResult:
+    """The worker's result, from its result file, its output or its exit code."""
+    output = read_log_tail(log_path)
+    env = unwrap(output, preset)
+
+    obj, problem = _read_result_file(result_file)
+    if problem is not None:
+        return WorkerResult(
+            "fail", blocker=problem, cost_usd=env.cost_usd, tokens=env.tokens, source="result_file"
+        )
+    if obj is not None:
+        result = _from_object(obj, "result_file", env)
+        if returncode != 0:
+            note = f"the worker {_exit_description(returncode)} after writing its result file"
+            result = replace(result, notes=_append(result.notes, note))
+        return result
+
+    found = find_result_object(env.text)
+    if found is None and env.text is not output:
+        found = find_result_object(output)  # e.g. the result printed outside the envelope
+    if found is not None:
+        result = _from_object(found, "output", env)
+        if result.status == "pass" and env.error:
+            return replace(result, status="fail", blocker=env.error)
+        if result.status == "pass" and returncode != 0:
+            why = f"the worker reported pass but {_exit_description(returncode)}"
+            return replace(result, status="fail", blocker=why)
+        return result
+
+    if env.error:
+        return WorkerResult(
+            "fail", blocker=env.error, cost_usd=env.cost_usd, tokens=env.tokens, source="exit_code"
+        )
+    if returncode == 0:
+        return WorkerResult(
+            "pass",
+            notes="no structured result; exit code 0",
+            cost_usd=env.cost_usd,
+            tokens=env.tokens,
+            source="exit_code",
+        )
+    why = f"the worker {_exit_description(returncode)} without a structured result"
+    last = _last_line(output)
+    return WorkerResult(
+        "fail",
+        blocker=f"{why}; last output: {last}" if last else why,
+        cost_usd=env.cost_usd,
+        tokens=env.tokens,
+        source="exit_code",
+    )

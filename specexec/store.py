@@ -1,0 +1,486 @@
+"""The only writer of tasks.json: locked, field-level, durable read-modify-write.
+
+Every write takes ``<spec>/.specexec/tasks.lock`` (a ``filelock`` that is never deleted),
+re-reads the *current* file, applies only the named fields of the named tasks, and
+replaces the file atomically (temp file in the same directory, fsync, ``os.replace``,
+fsync of the directory), keeping its mode and owner. So hand edits made between two
+writes survive, and a crash at any point leaves either the old or the new file.
+
+Updating a task id that is not in the current file does not fail: the user may have
+deleted the task by hand during a run, and the other changes of the batch must still
+land. Such ids are skipped and reported in ``UpdateResult.missing`` (``apply``), or
+rejected with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import logging
+import os
+import re
+import stat
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+from filelock import FileLock, Timeout
+
+from specexec import jsonio
+from specexec.errors import Busy, InvalidInput, SpecexecError, UnsafePath
+from specexec.spec import RUNTIME_DIR, TASKS_FILE
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE: Final = "tasks.lock"
+TMP_PREFIX: Final = f".{TASKS_FILE}."
+TMP_SUFFIX: Final = ".tmp"
+STALE_TMP_SECONDS: Final = 60.0
+_TMP_NAME: Final = re.compile(rf"{re.escape(TMP_PREFIX)}[^/]+{re.escape(TMP_SUFFIX)}\Z")
+# An unlocked edit (an editor) landing between our read and our replace makes us redo
+# the update on the new file; give up after this many rounds.
+_MAX_ROUNDS: Final = 5
+
+
+class _Delete(enum.Enum):
+    DELETE = "DELETE"
+
+    def __repr__(self) -> str:
+        return "DELETE"
+
+
+DELETE: Final = _Delete.DELETE
+"""Field value that removes the key instead of setting it."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateResult:
+    doc: dict[str, Any]  # the document now on disk
+    written: bool  # False when the changes were already in the file
+    missing: tuple[str, ...] = ()  # task ids not in the current file (skipped)
+
+
+def runtime_dir(spec_dir: Path) -> Path:
+    """``<spec_dir>/.specexec``, created private (0700) if needed; never a symlink."""
+    path = spec_dir / RUNTIME_DIR
+    try:
+        os.mkdir(path, 0o700)
+        # Runtime data is never committed: git ignores the folder without the user
+        # having to edit their .gitignore.
+        (path / ".gitignore").write_text("*\n")
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise SpecexecError(f"{path}: cannot create: {e.strerror or e}") from None
+    if path.is_symlink() or not path.is_dir():
+        raise UnsafePath(f"{path}: must be a directory, not a symbolic link or a file")
+    return path
+
+
+def _same(a: Any, b: Any) -> bool:
+    # Strict: 1, 1.0 and true are different JSON values.
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict | list):
+        return bool(jsonio.dumps(a) == jsonio.dumps(b))
+    return bool(a == b)
+
+
+def set_fields(obj: dict[str, Any], fields: Mapping[str, Any]) -> bool:
+    """Apply ``fields`` to ``obj`` in place (``DELETE`` removes); True if anything changed.
+
+    Existing keys keep their position; new keys go at the end.
+    """
+    changed = False
+    for key, value in fields.items():
+        if value is DELETE:
+            if key in obj:
+                del obj[key]
+                changed = True
+        elif key not in obj or not _same(obj[key], value):
+            obj[key] = value
+            changed = True
+    return changed
+
+
+def task_objects(doc: dict[str, Any], source: Path | str) -> list[dict[str, Any]]:
+    """The task objects of a raw document that have a string id (others are skipped:
+    reporting them is the validator's job)."""
+    tasks = doc.get("tasks", [])
+    if not isinstance(tasks, list):
+        raise InvalidInput(f'{source}: "tasks" must be a list')
+    return [t for t in tasks if isinstance(t, dict) and isinstance(t.get("id"), str)]
+
+
+class TasksStore:
+    """Locked, field-level access to ``<spec_dir>/tasks.json``. Thread-safe."""
+
+    def __init__(self, spec_dir: str | os.PathLike[str], *, lock_timeout: float = 60.0) -> None:
+        self.spec_dir = Path(spec_dir)
+        self.path = self.spec_dir / TASKS_FILE
+        self.lock_path = self.spec_dir / RUNTIME_DIR / LOCK_FILE
+        self.lock_timeout = lock_timeout
+        self._filelock: FileLock | None = None
+        # Threads of this process queue here instead of polling the file lock.
+        self._mutex = threading.RLock()
+
+    # -- reading -------------------------------------------------------------------
+
+    def _load(self) -> tuple[dict[str, Any], os.stat_result]:
+        data, st = jsonio.read_bytes(self.path)
+        if st.st_nlink > 1:
+            raise UnsafePath(
+                f"{self.path}: has {st.st_nlink} hard links; replacing it would leave the "
+                "other names with the old content (make it a single file, e.g. "
+                f"cp {self.path} {self.path}.new && mv {self.path}.new {self.path})"
+            )
+        doc = jsonio.loads(data, source=str(self.path))
+        if not isinstance(doc, dict):
+            raise InvalidInput(f"{self.path}: the top level must be a JSON object")
+        return doc, st
+
+    def read(self) -> dict[str, Any]:
+        """The current raw document (no lock needed: writes replace the file atomically)."""
+        return self._load()[0]
+
+    # -- writing -------------------------------------------------------------------
+
+    def update(
+        self,
+        tasks: Mapping[str, Mapping[str, Any]] | None = None,
+        top: Mapping[str, Any] | None = None,
+        *,
+        strict: bool = False,
+    ) -> dict[str, Any]:
+        """Set (or ``DELETE``) fields of tasks by id and of the top level; return the
+        document now on disk. Unknown ids are skipped (see ``apply``) unless ``strict``."""
+        return self.apply(tasks, top, strict=strict).doc
+
+    def apply(
+        self,
+        tasks: Mapping[str, Mapping[str, Any]] | None = None,
+        top: Mapping[str, Any] | None = None,
+        *,
+        strict: bool = False,
+    ) -> UpdateResult:
+        """Like ``update`` but says whether the file was written and which ids were missing.
+
+        With ``strict``, a missing id raises ``InvalidInput`` naming it and nothing is written.
+        """
+        tasks = tasks or {}
+        top = top or {}
+        if "tasks" in top:
+            raise ValueError("update the task list through tasks=, not top=")
+        missing: list[str] = []
+
+        def change(doc: dict[str, Any]) -> bool:
+            missing.clear()
+            changed = set_fields(doc, top)
+            if tasks:
+                by_id: dict[str, dict[str, Any]] = {}
+                for t in task_objects(doc, self.path):
+                    by_id.setdefault(t["id"], t)
+                missing.extend(tid for tid in tasks if tid not in by_id)
+                if missing and strict:
+                    raise InvalidInput(
+                        f"{self.path}: no task with id {', '.join(missing)}",
+                        [f"{self.path}: no task with id {tid!r}" for tid in missing],
+                    )
+                for tid, fields in tasks.items():
+                    if tid in by_id:
+                        changed = set_fields(by_id[tid], fields) or changed
+            return changed
+
+        doc, written = self.edit(change)
+        if missing:
+            log.warning("%s: skipped changes to tasks not in the file: %s", self.path, missing)
+        return UpdateResult(doc, written, tuple(missing))
+
+    def edit(self, change: Callable[[dict[str, Any]], bool]) -> tuple[dict[str, Any], bool]:
+        """Under the lock: read the current document, let ``change`` modify it in place
+        and say whether it changed anything, and if so write it. Returns (document,
+        written). ``change`` may run more than once if the file is edited meanwhile."""
+        with self.locked():
+            for _ in range(_MAX_ROUNDS):
+                doc, st = self._load()
+                if not change(doc):
+                    return doc, False
+                if self._replace(self._encode(doc), st):
+                    return doc, True
+                log.info("%s changed while being updated; redoing the update", self.path)
+        raise SpecexecError(
+            f"{self.path}: the file kept changing while specexec was updating it; "
+            "stop editing it and retry"
+        )
+
+    def _encode(self, doc: dict[str, Any]) -> bytes:
+        # Never write a file that specexec itself would refuse to load again.
+        if jsonio.too_deep(doc):
+            raise InvalidInput(
+                f"{self.path}: refusing to write a document nested deeper than "
+                f"{jsonio.MAX_DEPTH} levels (it could not be loaded again); the file was left unchanged"
+            )
+        payload = jsonio.encode(doc)
+        if len(payload) > jsonio.MAX_BYTES:
+            raise InvalidInput(
+                f"{self.path}: refusing to write {len(payload)} bytes, more than the "
+                f"{jsonio.MAX_BYTES}-byte limit of tasks.json (it could not be loaded again); "
+                "the file was left unchanged"
+            )
+        return payload
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the tasks.json lock (in-process mutex + file lock); reentrant per thread."""
+        with self._mutex:
+            lock = self._lock()
+            try:
+                lock.acquire(timeout=self.lock_timeout)
+            except Timeout:
+                raise Busy(
+                    f"{self.path}: timed out after {self.lock_timeout:g} s waiting for "
+                    f"{self.lock_path}, held by another specexec process"
+                ) from None
+            except OSError as e:
+                raise SpecexecError(f"{self.lock_path}: cannot lock: {e.strerror or e}") from None
+            try:
+                if lock.lock_counter == 1:
+                    self._remove_stale_temps()
+                yield
+            finally:
+                lock.release()
+
+    def _lock(self) -> FileLock:
+        if self._filelock is None:
+            runtime_dir(self.spec_dir)
+            self._filelock = FileLock(
+                self.lock_path,
+                mode=0o600,
+                poll_interval=0.002,  # contention is short; a long poll would idle the lock
+                fallback_to_soft=False,  # a soft lock releases by deleting its file
+                preserve_lock_file=True,
+            )
+        return self._filelock
+
+    def _remove_stale_temps(self) -> None:
+        # Temp files only exist while a writer holds the lock, so an old one is a crash
+        # leftover. The age guard spares a writer on another host of a shared disk.
+        now = time.time()
+        try:
+            entries = list(os.scandir(self.spec_dir))
+        except OSError:
+            return
+        for entry in entries:
+            if not _TMP_NAME.match(entry.name):
+                continue
+            with contextlib.suppress(OSError):
+                if (
+                    entry.is_file(follow_symlinks=False)
+                    and now - entry.stat(follow_symlinks=False).st_mtime > STALE_TMP_SECONDS
+                ):
+                    os.unlink(entry.path)
+                    log.info("removed a temporary file left by a crashed writer: %s", entry.path)
+
+    def _replace(self, payload: bytes, st: os.stat_result) -> bool:
+        """Durably replace the file with ``payload`` unless it changed since ``st``."""
+        tmp: str | None = None
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=self.spec_dir)
+            try:
+                _keep_owner_and_mode(fd, st)
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if not _same_file(self.path, st):
+                return False
+            os.replace(tmp, self.path)
+            tmp = None
+        except OSError as e:
+            name = errno.errorcode.get(e.errno or 0, "")
+            raise SpecexecError(
+                f"{self.path}: cannot write: {e.strerror or e}{f' ({name})' if name else ''}; "
+                "the file was left unchanged"
+            ) from None
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+        _fsync_dir(self.spec_dir)
+        return True
+
+
+def _keep_owner_and_mode(fd: int, st: os.stat_result) -> None:
+    if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+        # Only root may give a file away; a member of the group may still keep the group.
+        try:
+            os.fchown(fd, st.st_uid, st.st_gid)
+        except PermissionError:
+            with contextlib.suppress(PermissionError):
+                os.fchown(fd, -1, st.st_gid)
+    os.fchmod(fd, stat.S_IMODE(st.st_mode))  # after chown, which may clear set-id bits
+
+
+def _same_file(path: Path, st: os.stat_result) -> bool:
+    try:
+        now = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == (
+        st.st_dev,
+        st.st_ino,
+        st.st_size,
+        st.st_mtime_ns,
+    )
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        # Some filesystems cannot fsync a directory; the rename is done either way.
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise SpecexecError(f"{path}: cannot sync the directory: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+
+
+class CoalescingWriter:
+    """Batches task transitions into few writes: a change is written at most ``interval``
+    seconds after it was made (plus the write time), and writes are at least
+    ``interval`` apart. ``close()`` (or leaving the ``with`` block) writes what is left.
+
+    Thread-safe. Later values of the same field win. A failed background write keeps
+    its changes pending and is retried; ``flush()`` and ``close()`` raise the failure.
+    """
+
+    def __init__(self, store: TasksStore, interval: float = 0.25) -> None:
+        self.store = store
+        self.interval = interval
+        self.missing: set[str] = set()  # ids that were not in the file when written
+        self.error: BaseException | None = None  # the last background failure
+        self._cond = threading.Condition()
+        self._io = threading.Lock()  # one write at a time, in order
+        self._tasks: dict[str, dict[str, Any]] = {}
+        self._top: dict[str, Any] = {}
+        self._since: float | None = None  # when the oldest unwritten change was made
+        self._last_write = float("-inf")
+        self._closed = False
+        self._writes = 0
+        self._thread = threading.Thread(target=self._run, name="specexec-tasks-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def writes(self) -> int:
+        """How many times the file was actually written."""
+        return self._writes
+
+    @property
+    def pending(self) -> bool:
+        with self._cond:
+            return self._since is not None
+
+    def set(self, task_id: str, **fields: Any) -> None:
+        with self._cond:
+            self._check_open()
+            self._tasks.setdefault(task_id, {}).update(fields)
+            self._mark()
+
+    def set_top(self, **fields: Any) -> None:
+        with self._cond:
+            self._check_open()
+            self._top.update(fields)
+            self._mark()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("CoalescingWriter is closed")
+
+    def _mark(self) -> None:
+        if self._since is None:
+            self._since = time.monotonic()
+            self._cond.notify_all()
+
+    def flush(self) -> None:
+        """Write every pending change now (from the calling thread)."""
+        with self._io:
+            with self._cond:
+                tasks, top, since = self._tasks, self._top, self._since
+                self._tasks, self._top, self._since = {}, {}, None
+            if since is None:
+                return
+            started = time.monotonic()
+            try:
+                result = self.store.apply(tasks, top)
+            except BaseException:
+                self._put_back(tasks, top, since)
+                raise
+            with self._cond:
+                self._last_write = started
+                if result.written:
+                    self._writes += 1
+                self.missing.update(result.missing)
+                self.error = None
+
+    def _put_back(
+        self, tasks: dict[str, dict[str, Any]], top: dict[str, Any], since: float
+    ) -> None:
+        with self._cond:
+            for tid, fields in self._tasks.items():  # changes made meanwhile are newer
+                tasks.setdefault(tid, {}).update(fields)
+            top.update(self._top)
+            self._tasks, self._top = tasks, top
+            self._since = since if self._since is None else min(since, self._since)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed:
+                    if self._since is None:
+                        self._cond.wait()
+                        continue
+                    left = max(self._since, self._last_write) + self.interval - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                else:
+                    return  # close() writes what is left from its own thread
+            try:
+                self.flush()
+            except Exception as e:  # kept pending; retried after another interval
+                log.warning("could not write %s (will retry): %s", self.store.path, e)
+                with self._cond:
+                    self.error = e
+                    self._last_write = time.monotonic()
+
+    def close(self) -> None:
+        """Stop the background writer and write whatever is pending."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+        self.flush()
+
+    def __enter__(self) -> CoalescingWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

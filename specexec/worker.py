@@ -1,0 +1,463 @@
+"""Run one worker process: own process group, output to a log file, timeout, cancel, cleanup.
+
+Guarantees (DESIGN §3.3-3.4):
+
+- stdout and stderr go straight to the log's file descriptor: no pipe is read in Python, so
+  a worker printing gigabytes can neither deadlock the runner nor grow its memory.
+- The log is created mode 0600 (agent output may contain secrets) and appended to across
+  attempts; each attempt starts with a header line beginning with ``ATTEMPT_HEADER`` so that
+  result parsing looks only at the latest attempt.
+- The worker runs in its own session/process group. On timeout or cancel the whole group
+  gets SIGTERM, then SIGKILL after ``grace_s``. After the leader exits on its own, anything
+  left in its group (``cmd &``) is stopped the same way. A process that calls ``setsid``
+  itself leaves the group and is out of reach (that would need cgroups).
+- If the runner itself is SIGKILLed, nothing in-process can clean up. Two safety nets:
+  the leader gets PR_SET_PDEATHSIG(SIGTERM) on Linux, and every live worker is recorded
+  in a registry directory (pgid + leader start time) that ``sweep_orphans`` reads at the
+  next start to kill groups whose runner is gone.
+
+Zombies count as dead everywhere here: a container's PID 1 may never reap orphans.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import datetime as _dt
+import functools
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from specexec.gitenv import clean_env
+
+# Every attempt's first log line starts with this (results.py splits the log on it).
+ATTEMPT_HEADER = "=== specexec attempt"
+# The line written after the attempt ended (results.py ignores lines starting with it).
+ATTEMPT_FOOTER = "=== specexec end:"
+
+ENV_PREFIX = "SPECEXEC_"
+# worker_env() keyword -> variable (DESIGN §3.3).
+ENV_VARS = {
+    "task_id": "SPECEXEC_TASK_ID",
+    "spec_dir": "SPECEXEC_SPEC_DIR",
+    "worktree": "SPECEXEC_WORKTREE",
+    "prompt_file": "SPECEXEC_PROMPT_FILE",
+    "result_file": "SPECEXEC_RESULT_FILE",
+    "run_id": "SPECEXEC_RUN_ID",
+    "attempt": "SPECEXEC_ATTEMPT",
+}
+
+# How often a cancel event is looked at while the worker runs (Popen.wait in slices).
+_CANCEL_SLICE_S = 0.1
+# How often a group of processes we cannot wait() for is checked while it dies.
+_GROUP_POLL_S = 0.02
+# After SIGKILL, how long to wait for the kernel to finish the job before giving up.
+_KILL_WAIT_S = 5.0
+# How much of the command the attempt header shows.
+_HEADER_COMMAND_MAX = 500
+# Start times read from /proc are rounded to clock ticks; allow for that.
+_START_TIME_SLACK_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessOutcome:
+    """What happened to one worker process.
+
+    ``returncode`` is None when the process could not be started (``start_error`` says
+    why) or could not be reaped; negative means killed by that signal number.
+    """
+
+    returncode: int | None
+    timed_out: bool
+    cancelled: bool
+    duration_s: float
+    pid: int  # 0 when the process never started
+    start_error: str | None
+
+
+def worker_env(base: Mapping[str, str] | None = None, **specexec_vars: object) -> dict[str, str]:
+    """The environment of a worker: ``base`` (default os.environ) without git's
+    repository-local variables and without inherited SPECEXEC_* (a nested specexec must not
+    see its parent's result file), plus SPECEXEC_TASK_ID, _SPEC_DIR, _WORKTREE,
+    _PROMPT_FILE, _RESULT_FILE, _RUN_ID, _ATTEMPT from the keywords (task_id=..., ...).
+    None values are left out.
+    """
+    env = {k: v for k, v in clean_env(base).items() if not k.startswith(ENV_PREFIX)}
+    for key, value in specexec_vars.items():
+        name = ENV_VARS.get(key)
+        if name is None:
+            known = ", ".join(ENV_VARS)
+            raise TypeError(f"worker_env: unknown variable {key!r} (known: {known})")
+        if value is not None:
+            env[name] = str(value)
+    return env
+
+
+# --------------------------------------------------------------------------- pdeathsig
+
+_PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _prctl() -> Any:
+    """libc's prctl, resolved once in the parent (never inside the forked child)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _pdeathsig_preexec(parent_pid: int) -> Callable[[], None] | None:
+    """A preexec_fn that asks the kernel to SIGTERM the leader when the runner dies.
+
+    preexec_fn runs between fork and exec, where taking a lock that another thread held
+    at fork time would deadlock. This one takes none: the ctypes function is resolved
+    beforehand, the call only converts small ints, and CPython re-initialises the GIL in
+    the child. The new session itself comes from start_new_session (done in C).
+    The signal follows the death of the *thread* that forked; run_process blocks that
+    thread until the worker ends, so the two coincide. Only the leader is covered;
+    the rest of the group is handled by the registry and sweep_orphans.
+    """
+    prctl = _prctl()
+    if prctl is None:
+        return None
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        # The runner may have died between fork and prctl: then nobody will signal us.
+        if os.getppid() != parent_pid:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+# --------------------------------------------------------------------------- groups
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Pids of the processes of group ``pgid`` that are not zombies."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return []
+    except PermissionError:
+        pass  # someone else's process is in it: look closer
+    members = []
+    for pid in psutil.pids():
+        try:
+            if os.getpgid(pid) != pgid:
+                continue
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                continue
+        except (ProcessLookupError, psutil.Error):
+            continue
+        members.append(pid)
+    return members
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _wait_group_gone(pgid: int, timeout_s: float) -> bool:
+    """Poll (with a deadline) until no live process is left in the group."""
+    deadline = time.monotonic() + max(0.0, timeout_s)
+    while True:
+        if not live_group_members(pgid):
+            return True
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(_GROUP_POLL_S, remaining))
+
+
+def _stop_group(proc: subprocess.Popen[bytes] | None, pgid: int, grace_s: float) -> None:
+    """SIGTERM the group, wait up to ``grace_s`` for all of it, then SIGKILL it."""
+    deadline = time.monotonic() + max(0.0, grace_s)
+    _killpg(pgid, signal.SIGTERM)
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.0, grace_s))
+    if _wait_group_gone(pgid, deadline - time.monotonic()):
+        return
+    _killpg(pgid, signal.SIGKILL)
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=_KILL_WAIT_S)
+    _wait_group_gone(pgid, _KILL_WAIT_S)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@functools.cache
+def _self_identity() -> tuple[int, float]:
+    return os.getpid(), psutil.Process().create_time()
+
+
+def _same_process(pid: int, create_time: float) -> bool:
+    """True when ``pid`` is alive (not a zombie) and started at ``create_time``."""
+    try:
+        p = psutil.Process(pid)
+        return bool(
+            abs(p.create_time() - create_time) <= _START_TIME_SLACK_S
+            and p.status() != psutil.STATUS_ZOMBIE
+        )
+    except psutil.Error:
+        return False
+
+
+def _register(registry_dir: Path, pid: int, command: str) -> Path | None:
+    """Record a live worker group; best effort (a failure must not fail the task)."""
+    try:
+        create_time = psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None  # already gone: nothing to sweep later
+    runner_pid, runner_time = _self_identity()
+    record = {
+        "pgid": pid,
+        "pid": pid,
+        "create_time": create_time,
+        "runner_pid": runner_pid,
+        "runner_create_time": runner_time,
+        "command": command,
+    }
+    path = registry_dir / f"{pid}.json"
+    tmp = registry_dir / f".{pid}.json.tmp"
+    try:
+        registry_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+        os.replace(tmp, path)
+    except OSError:
+        return None
+    return path
+
+
+def sweep_orphans(registry_dir: Path, *, grace_s: float = 2.0) -> list[int]:
+    """Kill worker groups left behind by a runner that died without cleaning up.
+
+    A record is acted on only when its runner is gone (or is a different process with the
+    same pid) and the group is provably the recorded one: the leader is still the same
+    process (same start time, zombie or not), or, if the leader was reaped, the live
+    members all started after it. Returns the pgids that were signalled. Records of groups
+    that are gone are removed; records of a live runner are left alone.
+    """
+    killed: list[int] = []
+    try:
+        entries = sorted(registry_dir.glob("*.json"))
+    except OSError:
+        return killed
+    for path in entries:
+        try:
+            rec = json.loads(path.read_text())
+            pgid = int(rec["pgid"])
+            leader_time = float(rec["create_time"])
+            runner_pid = int(rec["runner_pid"])
+            runner_time = float(rec["runner_create_time"])
+        except (OSError, ValueError, KeyError, TypeError):
+            path.unlink(missing_ok=True)
+            continue
+        if _same_process(runner_pid, runner_time):
+            continue  # its runner is alive and looks after it
+        if pgid > 1 and _is_recorded_group(pgid, leader_time):
+            _stop_group(None, pgid, grace_s)
+            killed.append(pgid)
+        path.unlink(missing_ok=True)
+    return killed
+
+
+def _is_recorded_group(pgid: int, leader_time: float) -> bool:
+    members = live_group_members(pgid)
+    if not members:
+        return False
+    try:
+        leader = psutil.Process(pgid)
+        # The leader (possibly an unreaped zombie) still exists: it must be the same one.
+        return bool(abs(leader.create_time() - leader_time) <= _START_TIME_SLACK_S)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.Error:
+        return False
+    # Leader reaped; while any member lives the pgid cannot have been reused, but check
+    # that every member is younger than the recorded leader anyway.
+    for pid in members:
+        try:
+            if psutil.Process(pid).create_time() + _START_TIME_SLACK_S < leader_time:
+                return False
+        except psutil.Error:
+            continue
+    return True
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _describe(command: Sequence[str] | str) -> str:
+    return command if isinstance(command, str) else shlex.join(command)
+
+
+def _open_log(log_path: Path) -> int:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    # A log that existed with wider permissions (or a umask-less create) is narrowed.
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o600)
+    return fd
+
+
+def _write(fd: int, text: str) -> None:
+    data = text.encode("utf-8", "replace")
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]
+
+
+def _header(fd: int, command: Sequence[str] | str, cwd: Path, env: Mapping[str, str]) -> None:
+    start = "\n" if os.fstat(fd).st_size > 0 else ""
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    attempt = env.get("SPECEXEC_ATTEMPT", "?")
+    # One line, always: results.py takes everything after the header line as output.
+    shown = _describe(command).replace("\r", "\\r").replace("\n", "\\n")
+    if len(shown) > _HEADER_COMMAND_MAX:
+        shown = shown[: _HEADER_COMMAND_MAX - 1] + "…"
+    _write(fd, f"{start}{ATTEMPT_HEADER} {attempt} {now} in {cwd}: {shown} ===\n")
+
+
+def _start_error(exc: OSError, program: str, cwd: Path) -> str:
+    if not cwd.is_dir():
+        return f"cannot start {program!r}: working directory {cwd} does not exist"
+    if isinstance(exc, FileNotFoundError):
+        return f"cannot start {program!r}: command not found (is it installed and on PATH?)"
+    if isinstance(exc, PermissionError):
+        return f"cannot start {program!r}: permission denied (is it executable?)"
+    return f"cannot start {program!r}: {exc.strerror or exc}"
+
+
+def run_process(
+    command: Sequence[str] | str,
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    stdin_path: Path | None,
+    log_path: Path,
+    timeout_s: float | None,
+    grace_s: float = 5.0,
+    cancel: threading.Event | None = None,
+    on_start: Callable[[int], None] | None = None,
+    registry_dir: Path | None = None,
+) -> ProcessOutcome:
+    """Run ``command`` (argv, or a string for ``sh -c``) and wait for it and its group.
+
+    stdin is ``stdin_path`` (else /dev/null). Never raises for a command that cannot be
+    started: ``start_error`` says why. An exception in the calling thread (Ctrl-C) stops
+    the group before it propagates. ``on_start(pid)`` is called once the process runs.
+    """
+    argv: list[str] = ["sh", "-c", command] if isinstance(command, str) else list(command)
+    if not argv:
+        return ProcessOutcome(None, False, False, 0.0, 0, "empty command")
+    if cancel is not None and cancel.is_set():
+        return ProcessOutcome(None, False, True, 0.0, 0, None)
+    log_fd = _open_log(log_path)
+    stdin: Any = subprocess.DEVNULL
+    registered: Path | None = None
+    began = time.monotonic()
+    try:
+        _header(log_fd, command, cwd, env)
+        try:
+            if stdin_path is not None:
+                stdin = open(stdin_path, "rb")  # noqa: SIM115 - closed in finally
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=dict(env),
+                stdin=stdin,
+                stdout=log_fd,
+                stderr=log_fd,
+                start_new_session=True,
+                close_fds=True,
+                preexec_fn=_pdeathsig_preexec(os.getpid()),
+            )
+        except OSError as exc:
+            if stdin_path is not None and stdin is subprocess.DEVNULL:
+                message = f"cannot read the prompt file {stdin_path}: {exc.strerror or exc}"
+            else:
+                message = _start_error(exc, argv[0], cwd)
+            _write(log_fd, f"{ATTEMPT_FOOTER} {message} ===\n")
+            return ProcessOutcome(None, False, False, time.monotonic() - began, 0, message)
+        except subprocess.SubprocessError as exc:  # preexec_fn failed
+            message = f"cannot start {argv[0]!r}: {exc}"
+            _write(log_fd, f"{ATTEMPT_FOOTER} {message} ===\n")
+            return ProcessOutcome(None, False, False, time.monotonic() - began, 0, message)
+        pgid = proc.pid  # start_new_session: the leader's pid is the group id
+        try:
+            if registry_dir is not None:
+                registered = _register(registry_dir, proc.pid, _describe(command))
+            if on_start is not None:
+                on_start(proc.pid)
+            timed_out, cancelled = _wait(proc, timeout_s, cancel)
+            if timed_out or cancelled:
+                _stop_group(proc, pgid, grace_s)
+            elif live_group_members(pgid):
+                # The leader is done; whatever it left running in its group goes too.
+                _stop_group(None, pgid, grace_s)
+        except BaseException:
+            _stop_group(proc, pgid, min(grace_s, 1.0))
+            raise
+        duration = time.monotonic() - began
+        rc = proc.returncode
+        why = "timed out" if timed_out else "cancelled" if cancelled else f"exit {rc}"
+        _write(log_fd, f"{ATTEMPT_FOOTER} {why} after {duration:.2f}s ===\n")
+        return ProcessOutcome(rc, timed_out, cancelled, duration, proc.pid, None)
+    finally:
+        if stdin is not subprocess.DEVNULL:
+            stdin.close()
+        os.close(log_fd)
+        if registered is not None:
+            registered.unlink(missing_ok=True)
+
+
+def _wait(
+    proc: subprocess.Popen[bytes], timeout_s: float | None, cancel: threading.Event | None
+) -> tuple[bool, bool]:
+    """Block until the leader exits, the timeout passes or ``cancel`` is set.
+
+    Popen.wait(timeout) sleeps between checks; with a cancel event it is called in short
+    slices so a cancel is seen within _CANCEL_SLICE_S.
+    """
+    deadline = None if timeout_s is None else time.monotonic() + max(0.0, timeout_s)
+    while True:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return True, False
+        step = remaining
+        if cancel is not None:
+            step = _CANCEL_SLICE_S if remaining is None else min(_CANCEL_SLICE_S, remaining)
+        try:
+            proc.wait(timeout=step)
+            return False, False
+        except subprocess.TimeoutExpired:
+            pass
+        if cancel is not None and cancel.is_set():
+            return False, True

@@ -1,0 +1,147 @@
+"""`specexec gc`: stale worktrees of dead runs and finished task branches go; live work stays."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import PY, git, run_cli
+
+from specexec.workspace import Workspace, read_owner
+
+SPEC = "feat"
+
+# A specexec process that creates a task's worktree, then waits for a line on stdin.
+OWNER = (
+    "import sys\n"
+    "from specexec.workspace import Workspace\n"
+    "ws = Workspace(sys.argv[1])\n"
+    "wt = ws.create_worktree(sys.argv[2], sys.argv[3])\n"
+    "print(wt.path, flush=True)\n"
+    "sys.stdin.readline()\n"
+)
+
+
+@pytest.fixture
+def ws(repo: Path) -> Workspace:
+    w = Workspace(repo)
+    w.ensure_integration_branch(SPEC, None)
+    return w
+
+
+@pytest.fixture
+def live_owner(repo: Path, ws: Workspace) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(
+        [PY, "-c", OWNER, str(repo), SPEC, "LIVE"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.readline()  # the worktree exists
+    yield proc
+    assert proc.stdin is not None
+    proc.stdin.close()
+    proc.wait(timeout=60)
+
+
+def dead_owner_worktree(repo: Path, task_id: str) -> Path:
+    """A worktree whose creating process has exited (a crashed run)."""
+    proc = subprocess.run(
+        [PY, "-c", OWNER, str(repo), SPEC, task_id],
+        input="",
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return Path(proc.stdout.strip())
+
+
+def worktree_count(repo: Path) -> int:
+    return git(repo, "worktree", "list", "--porcelain").count("worktree ")
+
+
+def test_gc_removes_a_dead_owners_worktree_and_keeps_a_live_one(
+    repo: Path, ws: Workspace, live_owner: subprocess.Popen[str]
+) -> None:
+    dead = dead_owner_worktree(repo, "DEAD")
+    owner = read_owner(dead)
+    assert owner is not None and owner.pid != live_owner.pid
+    assert worktree_count(repo) == 3
+    removed = ws.gc()
+    assert removed[0] == f"worktree {dead} (owner process {owner.pid} is gone)"
+    assert not dead.exists()
+    live = ws.worktree_path(SPEC, "LIVE")
+    assert (live / "README.md").exists()
+    assert worktree_count(repo) == 2
+    # DEAD's branch carried no work: it goes too; LIVE's is in use and stays.
+    assert "branch specexec/feat@DEAD (no changes)" in removed
+    assert git(repo, "rev-parse", "--verify", "-q", "specexec/feat@LIVE", check=False) != ""
+    assert ws.gc() == []
+
+
+def test_gc_removes_a_worktree_once_its_owner_exits(repo: Path, ws: Workspace) -> None:
+    proc = subprocess.Popen(
+        [PY, "-c", OWNER, str(repo), SPEC, "T1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    path = Path(proc.stdout.readline().strip())
+    assert ws.gc() == []
+    proc.stdin.close()
+    proc.wait(timeout=60)
+    assert ws.gc()[0].startswith(f"worktree {path} (owner process {proc.pid} is gone)")
+    assert worktree_count(repo) == 1
+
+
+def test_gc_deletes_merged_branches_and_keeps_failed_ones(repo: Path, ws: Workspace) -> None:
+    passed = ws.create_worktree(SPEC, "PASS")
+    (passed.path / "p.txt").write_text("p\n")
+    sha = ws.commit_all(passed, "task PASS")
+    assert sha is not None and ws.merge(SPEC, sha, "Merge task PASS").merged
+    ws.remove_worktree(passed, delete_branch=False)  # a crash before the branch went
+    failed = ws.create_worktree(SPEC, "FAIL")
+    (failed.path / "README.md").write_text("conflicting work\n")
+    assert ws.commit_all(failed, "task FAIL") is not None
+    ws.remove_worktree(failed, delete_branch=False)  # kept for the user to inspect
+
+    assert ws.gc() == ["branch specexec/feat@PASS (merged into specexec/feat)"]
+    branches = git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/specexec/")
+    assert branches.splitlines() == ["refs/heads/specexec/feat", "refs/heads/specexec/feat@FAIL"]
+    bases = git(repo, "for-each-ref", "--format=%(refname)", "refs/specexec/")
+    assert bases.splitlines() == ["refs/specexec/bases/feat/FAIL"]
+
+
+def test_gc_keeps_a_task_branch_the_user_checked_out(repo: Path, ws: Workspace) -> None:
+    wt = ws.create_worktree(SPEC, "T1")
+    ws.remove_worktree(wt, delete_branch=False)
+    git(repo, "checkout", "-q", "specexec/feat@T1")
+    assert ws.gc() == []
+    assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "specexec/feat@T1"
+
+
+def test_gc_command_prints_what_it_removed(repo: Path, ws: Workspace) -> None:
+    dead = dead_owner_worktree(repo, "T1")
+    (dead / "ro").mkdir()
+    (dead / "ro" / "f").write_text("x")
+    (dead / "ro").chmod(0o500)
+    proc = run_cli("gc", str(repo))
+    assert proc.returncode == 0, proc.stderr
+    assert f"removed worktree {dead} (owner process" in proc.stdout
+    assert "removed branch specexec/feat@T1 (no changes)" in proc.stdout
+    assert not dead.exists()
+    again = run_cli("gc", cwd=repo)
+    assert again.returncode == 0
+    assert again.stdout == f"nothing to remove in {repo.resolve()}\n"
+
+
+def test_gc_command_refuses_a_non_repository(tmp_path: Path) -> None:
+    proc = run_cli("gc", str(tmp_path))
+    assert proc.returncode == 2
+    assert str(tmp_path) in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,239 @@
+"""The run lock: one runner per spec folder, dead holders detected, crashed runs recovered."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import PY, read_tasks, task, write_spec
+
+from specexec.errors import Busy
+from specexec.events import EventLog, read_events
+from specexec.runlock import RunLock, recover_in_progress
+from specexec.store import TasksStore
+
+HOLDER = """
+import os, sys
+from specexec.runlock import RunLock
+lock = RunLock(sys.argv[1], run_id="child-run")
+lock.acquire()
+if len(sys.argv) > 2:  # leave a forked child behind (it must not inherit the lock)
+    pid = os.fork()
+    if pid == 0:
+        sys.stdin.readline()
+        os._exit(0)
+    print("grandchild", pid, flush=True)
+print("locked", flush=True)
+sys.stdin.readline()  # hold the lock until told to let go
+lock.release()
+print("released", flush=True)
+"""
+
+
+def _start_holder(spec: Path, *extra: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [PY, "-c", textwrap.dedent(HOLDER), str(spec), *extra],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    while line.startswith("grandchild"):
+        proc.grandchild = int(line.split()[1])  # type: ignore[attr-defined]
+        line = proc.stdout.readline()
+    assert line == "locked\n"
+    return proc
+
+
+@pytest.fixture
+def spec(tmp_path: Path) -> Iterator[Path]:
+    yield write_spec(tmp_path / "spec", [task("T1"), task("T2")])
+
+
+def test_a_second_runner_is_refused_at_once_with_who_holds_it(spec: Path) -> None:
+    holder = _start_holder(spec)
+    try:
+        start = time.monotonic()
+        with pytest.raises(Busy) as info:
+            RunLock(spec).acquire()
+        assert time.monotonic() - start < 1.0
+        msg = str(info.value)
+        assert msg.startswith(
+            f"spec folder {spec} is being run by pid {holder.pid} on host {socket.gethostname()} since "
+        )
+        assert info.value.exit_code == 75
+        found = RunLock.holder(spec)
+        assert found is not None and found["pid"] == holder.pid and found["run_id"] == "child-run"
+    finally:
+        holder.communicate("go\n", timeout=30)
+    assert RunLock.holder(spec) is None  # released cleanly
+    with RunLock(spec) as lock:
+        assert lock.held and lock.taken_over is None
+
+
+def test_two_locks_in_one_process_exclude_each_other(spec: Path) -> None:
+    with RunLock(spec):
+        with pytest.raises(Busy):
+            RunLock(spec).acquire()
+        assert RunLock.holder(spec) is not None
+    assert RunLock.holder(spec) is None
+    assert (spec / ".specexec" / "run.lock").exists()  # the lock file stays
+
+
+def test_wait_gets_the_lock_once_the_holder_releases_it(spec: Path) -> None:
+    holder = _start_holder(spec)
+    got: list[RunLock] = []
+    waiter = threading.Thread(target=lambda: got.append(_acquire_waiting(spec)))
+    waiter.start()
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:
+        assert not got, "acquired while another process held the lock"
+        time.sleep(0.01)
+    assert holder.stdin is not None and holder.stdout is not None
+    holder.stdin.write("go\n")
+    holder.stdin.flush()
+    assert holder.stdout.readline() == "released\n"
+    waiter.join(timeout=30)
+    assert got and got[0].held
+    got[0].release()
+    holder.communicate(timeout=30)
+
+
+def _acquire_waiting(spec: Path) -> RunLock:
+    lock = RunLock(spec, wait=True, poll_interval=0.02)
+    lock.acquire()
+    return lock
+
+
+def test_wait_with_a_timeout_gives_up(spec: Path) -> None:
+    holder = _start_holder(spec)
+    try:
+        start = time.monotonic()
+        with pytest.raises(Busy, match=r"gave up after waiting 0\.3 s"):
+            RunLock(spec).acquire(wait=True, timeout=0.3)
+        assert 0.3 <= time.monotonic() - start < 2.0
+    finally:
+        holder.communicate("go\n", timeout=30)
+
+
+def test_a_lock_left_by_a_killed_runner_is_taken_over(spec: Path) -> None:
+    holder = _start_holder(spec)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=30)
+    info = json.loads((spec / ".specexec" / "run.lock").read_text())
+    assert info["pid"] == holder.pid  # its details are still in the file...
+    assert RunLock.holder(spec) is None  # ...but it is known to be gone
+    with RunLock(spec) as lock:
+        assert lock.taken_over is not None and lock.taken_over["pid"] == holder.pid
+        assert RunLock.holder(spec) == json.loads((spec / ".specexec" / "run.lock").read_text())
+
+
+def test_a_forked_child_of_a_killed_runner_does_not_keep_the_lock(spec: Path) -> None:
+    holder = _start_holder(spec, "fork")
+    grandchild = holder.grandchild  # type: ignore[attr-defined]
+    try:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        assert psutil.pid_exists(grandchild)
+        with RunLock(spec) as lock:
+            assert lock.taken_over is not None
+    finally:
+        os.kill(grandchild, signal.SIGKILL)
+
+
+def test_details_naming_a_reused_pid_are_not_a_live_holder(spec: Path) -> None:
+    # A live process with our pid, but not the one that wrote the file: the start time differs.
+    (spec / ".specexec").mkdir(mode=0o700)
+    me = psutil.Process(os.getpid())
+    stale = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "start_time": me.create_time() - 1000,
+        "since": "2020-01-01T00:00:00.000Z",
+        "run_id": "old",
+    }
+    (spec / ".specexec" / "run.lock").write_text(json.dumps(stale))
+    assert RunLock.holder(spec) is None
+    with RunLock(spec) as lock:
+        assert lock.taken_over == stale
+        assert RunLock.holder(spec) is not None
+
+
+def test_recovery_puts_tasks_of_a_dead_run_back_to_pending(tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path / "spec",
+        [
+            task("T1", status="pass", commit="abc"),
+            task(
+                "T2",
+                status="in_progress",
+                attempts=2,
+                started_at="2025-01-01T00:00:00Z",
+                note="keep",
+            ),
+            task("T3", status="in_progress"),
+            task("T4"),
+        ],
+    )
+    # A run that dies with SIGKILL while its tasks are in progress.
+    runner = subprocess.Popen(
+        [
+            PY,
+            "-c",
+            textwrap.dedent(
+                """
+                import sys
+                from specexec.runlock import RunLock
+                from specexec.store import TasksStore
+                lock = RunLock(sys.argv[1]); lock.acquire()
+                TasksStore(sys.argv[1]).update(tasks={"T4": {"status": "in_progress"}})
+                print("running", flush=True)
+                sys.stdin.readline()
+                """
+            ),
+            str(spec),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert runner.stdout is not None and runner.stdout.readline() == "running\n"
+    runner.kill()
+    runner.wait(timeout=30)
+
+    store = TasksStore(spec)
+    with RunLock(spec, run_id="r2") as lock:
+        assert lock.taken_over is not None and lock.taken_over["pid"] == runner.pid
+        events = EventLog(spec, run_id="r2")
+        assert recover_in_progress(store, events) == ["T2", "T3", "T4"]
+        mtime = (spec / "tasks.json").stat().st_mtime_ns
+        assert recover_in_progress(store, events) == []  # nothing left; no write
+        assert (spec / "tasks.json").stat().st_mtime_ns == mtime
+    tasks = read_tasks(spec)
+    assert [tasks[t]["status"] for t in ("T1", "T2", "T3", "T4")] == [
+        "pass",
+        "pending",
+        "pending",
+        "pending",
+    ]
+    assert "started_at" not in tasks["T2"]
+    assert tasks["T2"]["note"] == "keep" and tasks["T2"]["attempts"] == 2
+    assert tasks["T1"]["commit"] == "abc"
+    recovered = [e for e in read_events(spec) if e["kind"] == "recovered"]
+    assert [(e["task"], e["from"], e["to"], e["run_id"]) for e in recovered] == [
+        ("T2", "in_progress", "pending", "r2"),
+        ("T3", "in_progress", "pending", "r2"),
+        ("T4", "in_progress", "pending", "r2"),
+    ]
+    assert recovered[0]["attempt"] == 2 and "gone" in recovered[0]["reason"]

@@ -1,0 +1,570 @@
+"""tasks.json writes: locked field-level updates, durability, safety, coalescing."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import stat
+import subprocess
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PY, read_tasks, task, write_spec
+
+from specexec import jsonio
+from specexec.errors import InvalidInput, UnsafePath
+from specexec.store import DELETE, CoalescingWriter, TasksStore
+
+
+def _tmp_files(spec: Path) -> list[str]:
+    return sorted(p.name for p in spec.glob(".tasks.json.*.tmp"))
+
+
+def _spec(tmp_path: Path, n: int = 3, **top: Any) -> Path:
+    return write_spec(tmp_path / "spec", [task(f"T{i}") for i in range(1, n + 1)], **top)
+
+
+def _run_py(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PY, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+# -- field-level updates ---------------------------------------------------------------
+
+
+def test_update_sets_only_named_fields_and_keeps_everything_else(tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path / "spec",
+        [
+            {**task("T1", result={"old": True}), "x-mine": {"b": 1, "a": 2}},
+            task("T2", summary="Übersetzung ✓"),
+        ],
+        **{"x-top": [3, 2, 1]},
+    )
+    store = TasksStore(spec)
+    doc = store.update(
+        tasks={"T1": {"status": "pass", "result": DELETE, "commit": "abc"}},
+        top={"execution_strategy": {"mode": "sequential"}},
+    )
+    on_disk = (spec / "tasks.json").read_text(encoding="utf-8")
+    assert on_disk == jsonio.dumps(doc)
+    t1 = read_tasks(spec)["T1"]
+    # Existing keys keep their place, new ones are appended, DELETE removes.
+    assert list(t1) == [
+        "id",
+        "summary",
+        "status",
+        "relevant_files",
+        "parallelization",
+        "x-mine",
+        "commit",
+    ]
+    assert t1["status"] == "pass" and t1["x-mine"] == {"b": 1, "a": 2}
+    assert list(t1["x-mine"]) == ["b", "a"]
+    assert read_tasks(spec)["T2"]["summary"] == "Übersetzung ✓"
+    assert "Übersetzung ✓" in on_disk  # not \u-escaped
+    top = json.loads(on_disk)
+    assert list(top) == ["version", "spec", "x-top", "tasks", "execution_strategy"]
+    assert top["x-top"] == [3, 2, 1]
+
+
+def test_an_update_that_changes_nothing_does_not_write(tmp_path: Path) -> None:
+    spec = tmp_path / "spec"
+    spec.mkdir()
+    # Hand formatted: a rewrite would be visible.
+    hand = '{"version": 1, "tasks": [ {"id": "T1", "summary": "s", "status": "pass", "n": 1} ]}'
+    (spec / "tasks.json").write_text(hand)
+    before = os.stat(spec / "tasks.json")
+    store = TasksStore(spec)
+    result = store.apply(tasks={"T1": {"status": "pass", "gone": DELETE}})
+    assert not result.written
+    result = store.apply(tasks={"T1": {"n": 1}})
+    assert not result.written
+    after = os.stat(spec / "tasks.json")
+    assert (spec / "tasks.json").read_text() == hand
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    # A different JSON type is a change: 1 and 1.0 and true are not the same value.
+    assert store.apply(tasks={"T1": {"n": True}}).written
+
+
+def test_unknown_task_id_is_skipped_and_reported_or_refused_with_strict(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    store = TasksStore(spec)
+    result = store.apply(tasks={"T1": {"status": "pass"}, "GONE": {"status": "fail"}})
+    assert result.written and result.missing == ("GONE",)
+    assert read_tasks(spec)["T1"]["status"] == "pass"
+    assert "GONE" not in read_tasks(spec)
+
+    before = (spec / "tasks.json").read_bytes()
+    with pytest.raises(InvalidInput, match="no task with id GONE, NOPE"):
+        store.update(tasks={"T2": {"status": "pass"}, "GONE": {}, "NOPE": {}}, strict=True)
+    assert (spec / "tasks.json").read_bytes() == before
+
+
+def test_lock_file_is_kept_and_runtime_dir_is_private(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    store = TasksStore(spec)
+    store.update(tasks={"T1": {"status": "in_progress"}})
+    lock = spec / ".specexec" / "tasks.lock"
+    inode = lock.stat().st_ino
+    for i in range(5):
+        store.update(tasks={"T1": {"n": i}})
+    assert lock.stat().st_ino == inode  # never deleted and recreated
+    assert stat.S_IMODE((spec / ".specexec").stat().st_mode) == 0o700
+    assert _tmp_files(spec) == []
+
+
+# -- test 1: concurrent writers and readers ----------------------------------------------
+
+WRITER = """
+import sys
+from specexec.store import TasksStore
+spec, w, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+store = TasksStore(spec)
+for i in range(n):
+    store.update(tasks={"T" + w: {"f%d" % i: i}})
+"""
+
+READER = """
+import os, sys
+from specexec import jsonio
+from specexec.errors import InvalidInput
+os.nice(19)  # parse as often as the writers leave CPU for
+path, stop = sys.argv[1], sys.argv[2]
+ok = bad = 0
+while not os.path.exists(stop):
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        jsonio.loads(data, source=path)
+        ok += 1
+    except InvalidInput as e:
+        bad += 1
+        print(e, file=sys.stderr)
+print(ok, bad)
+"""
+
+
+@pytest.mark.slow
+def test_concurrent_writers_lose_nothing_and_readers_always_parse(tmp_path: Path) -> None:
+    writers, per_writer = 8, 500
+    spec = _spec(tmp_path, n=writers)
+    stop = tmp_path / "stop"
+    readers = [
+        subprocess.Popen(
+            [PY, "-c", READER, str(spec / "tasks.json"), str(stop)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    start = time.monotonic()
+    procs = [
+        subprocess.Popen([PY, "-c", WRITER, str(spec), str(w), str(per_writer)])
+        for w in range(1, writers + 1)
+    ]
+    try:
+        assert [p.wait(timeout=120) for p in procs] == [0] * writers
+        elapsed = time.monotonic() - start
+    finally:
+        stop.touch()
+        outs = [r.communicate(timeout=60) for r in readers]
+    tasks = read_tasks(spec)
+    for w in range(1, writers + 1):
+        fields = tasks[f"T{w}"]
+        assert all(fields.get(f"f{i}") == i for i in range(per_writer)), f"T{w} lost updates"
+    parses = [tuple(map(int, out.split())) for out, _ in outs]
+    assert all(bad == 0 for _, bad in parses), [err for _, err in outs]
+    assert all(ok > 0 for ok, _ in parses)
+    assert _tmp_files(spec) == []
+    assert (spec / ".specexec" / "tasks.lock").exists()
+    total = writers * per_writer
+    print(
+        f"\n{total} locked updates by {writers} processes in {elapsed:.1f} s "
+        f"({total / elapsed:.0f} updates/s, incl. process start); "
+        f"reader parses: {[ok for ok, _ in parses]}, failures: 0"
+    )
+
+
+# -- test 2: hand edits between writes survive ---------------------------------------------
+
+EDITOR = """
+import json, os, sys
+path, i = sys.argv[1], int(sys.argv[2])
+doc = json.load(open(path))
+doc["x-edit-%d" % i] = {"by": "hand"}
+for t in doc["tasks"]:
+    if t["id"] == "T2":
+        t["summary"] = "edited %d" % i
+# An editor's save: write a new file and rename it over the old one.
+tmp = path + ".editor~"
+with open(tmp, "w") as f:
+    f.write(json.dumps(doc, indent=4))
+os.replace(tmp, path)
+"""
+
+
+def test_edits_by_another_process_between_writes_survive(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    path = spec / "tasks.json"
+    store = TasksStore(spec)
+    with CoalescingWriter(store, interval=0.01) as writer:
+        for i in range(10):
+            store.update(tasks={"T1": {"n": i}, "T3": {"status": "in_progress"}})
+            assert _run_py(EDITOR, str(path), str(i)).returncode == 0
+            writer.set("T3", m=i)
+            writer.flush()
+    doc = json.loads(path.read_text())
+    assert all(doc[f"x-edit-{i}"] == {"by": "hand"} for i in range(10))
+    tasks = {t["id"]: t for t in doc["tasks"]}
+    assert tasks["T2"]["summary"] == "edited 9"
+    assert tasks["T1"]["n"] == 9 and tasks["T3"]["m"] == 9
+
+
+# -- test 3: SIGKILL at random points ---------------------------------------------------------
+
+
+def _writer_child(spec: Path, first: int) -> None:
+    try:
+        store = TasksStore(spec)
+        n = first
+        while True:
+            store.update(tasks={"T1": {"n": n}, "T2": {"n": n}}, top={"n": n})
+            n += 1
+    finally:
+        os._exit(0)
+
+
+@pytest.mark.slow
+def test_sigkilled_writers_leave_the_old_or_the_new_state(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "spec", [task("T1"), task("T2", summary="x" * 5000)])
+    path = spec / "tasks.json"
+    template = json.loads(path.read_text())
+    rng = random.Random(20240531)
+    trials, changed, last = 200, 0, None
+    for trial in range(trials):
+        pid = os.fork()
+        if pid == 0:
+            _writer_child(spec, trial * 1_000_000)
+        time.sleep(rng.uniform(0.0, 0.04))  # the random kill point
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        doc = json.loads(path.read_bytes())  # always parses
+        n = doc.pop("n", None)
+        assert [t.pop("n", None) for t in doc["tasks"]] == [n, n]  # one whole state
+        assert doc == template
+        if n != last:
+            changed += 1
+            assert n is not None and n // 1_000_000 == trial  # the newest state of this trial
+        last = n
+    leftovers = _tmp_files(spec)
+    # A kill between creating and renaming the temp file leaves it; the store removes
+    # such leftovers once they are a minute old.
+    old = time.time() - 120
+    for name in leftovers:
+        os.utime(spec / name, (old, old))
+    TasksStore(spec).update(tasks={"T1": {"n": -1}})
+    assert _tmp_files(spec) == []
+    print(
+        f"\n{trials} SIGKILL trials: file always parsed and consistent; "
+        f"{changed} trials had written, {trials - changed} were killed before their first "
+        f"write completed; {len(leftovers)} temp files left by kills were cleaned up"
+    )
+
+
+# -- test 4: mode, owner, links -----------------------------------------------------------------
+
+
+def test_mode_and_owner_are_kept(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    path = spec / "tasks.json"
+    path.chmod(0o640)
+    owner = (os.getuid(), os.getgid())
+    if os.geteuid() == 0:
+        os.chown(path, 1234, 4321)
+        owner = (1234, 4321)
+    store = TasksStore(spec)
+    for i in range(100):
+        store.update(tasks={"T1": {"n": i}})
+    st = path.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o640
+    assert (st.st_uid, st.st_gid) == owner
+    assert read_tasks(spec)["T1"]["n"] == 99
+
+
+def test_symlinked_tasks_json_is_refused_and_nothing_changes(tmp_path: Path) -> None:
+    real = _spec(tmp_path) / "tasks.json"
+    spec = tmp_path / "linked"
+    spec.mkdir()
+    (spec / "tasks.json").symlink_to(real)
+    before = real.read_bytes()
+    with pytest.raises(UnsafePath, match="is a symbolic link") as info:
+        TasksStore(spec).update(tasks={"T1": {"status": "pass"}})
+    assert info.value.exit_code == 2
+    assert (spec / "tasks.json").is_symlink() and os.readlink(spec / "tasks.json") == str(real)
+    assert real.read_bytes() == before
+    with pytest.raises(UnsafePath):
+        TasksStore(spec).read()
+
+
+def test_hard_linked_tasks_json_is_refused_and_nothing_changes(tmp_path: Path) -> None:
+    real = _spec(tmp_path) / "tasks.json"
+    spec = tmp_path / "linked"
+    spec.mkdir()
+    os.link(real, spec / "tasks.json")
+    before = real.read_bytes()
+    with pytest.raises(UnsafePath, match="has 2 hard links"):
+        TasksStore(spec).update(tasks={"T1": {"status": "pass"}})
+    with pytest.raises(UnsafePath, match="has 2 hard links"):
+        TasksStore(real.parent).update(tasks={"T1": {"status": "pass"}})
+    assert real.read_bytes() == before == (spec / "tasks.json").read_bytes()
+    assert real.stat().st_nlink == 2
+
+
+# -- test 5: bad input is refused fast and changes nothing ------------------------------------
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"version": 1, "tasks": [{"id": "T1", "summ', "1:39: invalid JSON: Unterminated string"),
+        (b'{"version": 1,\n "tasks": [],\n "version": 2}', '3:2: duplicate key "version"'),
+        (b'{"version": 1, "tasks": [{"id": "T1", "n": NaN}]}', "1:44: NaN is not a valid"),
+        (DEEP, "1:65: nesting deeper than 64 levels"),
+        (b'{"tasks": [\n  {"id": "T\xe91"}]}', "2:12: invalid UTF-8 (byte 0xe9)"),
+        (None, "the file is 100 MiB, larger than the 8 MiB limit"),
+    ],
+    ids=["truncated", "duplicate", "nan", "deep", "utf8", "100MB"],
+)
+def test_bad_files_are_refused_quickly_and_left_unchanged(
+    tmp_path: Path, content: bytes | None, message: str
+) -> None:
+    spec = tmp_path / "spec"
+    spec.mkdir()
+    path = spec / "tasks.json"
+    if content is None:
+        with path.open("wb") as f:
+            f.truncate(100 * 1024 * 1024)
+    else:
+        path.write_bytes(content)
+    before = path.stat()
+    start = time.perf_counter()
+    with pytest.raises(InvalidInput) as info:
+        TasksStore(spec).update(tasks={"T1": {"status": "pass"}})
+    elapsed = time.perf_counter() - start
+    assert str(info.value).startswith(f"{path}:")
+    assert message in str(info.value)
+    assert elapsed < 1.0
+    after = path.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    if content is not None:
+        assert path.read_bytes() == content
+    assert _tmp_files(spec) == []
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    TasksStore(spec).update(tasks={"T1": {"status": "in_progress"}})  # lock file exists
+    before = (spec / "tasks.json").read_bytes()
+    # A real write error: the file size limit makes write() fail with EFBIG.
+    proc = _run_py(
+        """
+        import resource, signal, sys
+        from specexec.errors import SpecexecError
+        from specexec.store import TasksStore
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        try:
+            TasksStore(sys.argv[1]).update(tasks={"T1": {"result": "x" * 100000}})
+        except SpecexecError as e:
+            print(e)
+            sys.exit(7)
+        """,
+        str(spec),
+    )
+    assert proc.returncode == 7, proc.stderr
+    assert proc.stdout.strip() == (
+        f"{spec / 'tasks.json'}: cannot write: File too large (EFBIG); the file was left unchanged"
+    )
+    assert (spec / "tasks.json").read_bytes() == before
+    assert _tmp_files(spec) == []
+
+
+def test_stale_temp_files_are_removed_fresh_ones_kept(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    stale, fresh, other = (
+        spec / ".tasks.json.dead1234.tmp",
+        spec / ".tasks.json.busy5678.tmp",
+        spec / "notes.tmp",
+    )
+    for p in (stale, fresh, other):
+        p.write_text("{")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    TasksStore(spec).update(tasks={"T1": {"n": 1}})
+    assert not stale.exists()
+    assert fresh.exists() and other.exists()
+
+
+# -- coalescing writer ------------------------------------------------------------------------
+
+
+def test_a_simulated_run_is_coalesced_into_few_writes(tmp_path: Path) -> None:
+    n_tasks, interval = 1000, 0.25
+    spec = _spec(tmp_path, n=n_tasks)
+    store = TasksStore(spec)
+    transitions = 0
+    start = time.monotonic()
+    with CoalescingWriter(store, interval=interval) as writer:
+        for i in range(1, n_tasks + 1):
+            tid = f"T{i}"
+            writer.set(tid, status="in_progress", attempts=1, started_at="2025-01-01T00:00:00Z")
+            writer.set(tid, attempts=2, blocker="attempt 1 timed out; retrying")
+            writer.set(tid, status="pass", blocker=DELETE, duration_minutes=0.5)
+            transitions += 3
+            if i % 5 == 0:
+                time.sleep(0.01)  # the simulated run takes time: ~2 s in all
+        during = writer.writes
+    elapsed = time.monotonic() - start
+    assert transitions == 3000
+    assert writer.writes <= int(elapsed / interval) + 2  # one per interval, plus the final
+    assert during >= 2  # it wrote while running, not only at the end
+    tasks = read_tasks(spec)
+    assert all(
+        t["status"] == "pass" and t["attempts"] == 2 and "blocker" not in t for t in tasks.values()
+    )
+    print(
+        f"\n{transitions} transitions of {n_tasks} tasks in {elapsed:.2f} s -> "
+        f"{writer.writes} writes of tasks.json (interval {interval} s)"
+    )
+
+
+def test_a_change_is_written_within_a_bounded_delay(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    with CoalescingWriter(TasksStore(spec), interval=0.1) as writer:
+        start = time.monotonic()
+        writer.set("T1", status="in_progress")
+        while read_tasks(spec)["T1"]["status"] != "in_progress":
+            assert time.monotonic() - start < 2.0, "not written in time"
+            time.sleep(0.005)
+        latency = time.monotonic() - start
+    assert latency < 1.0
+    assert writer.writes == 1
+
+
+def test_writer_is_thread_safe_and_later_changes_win(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, n=8)
+    with CoalescingWriter(TasksStore(spec), interval=0.02) as writer:
+
+        def work(k: int) -> None:
+            for i in range(300):
+                writer.set(f"T{k}", n=i, **{f"k{i % 7}": i})
+                writer.set_top(**{f"last{k}": i})
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(1, 9)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    doc = json.loads((spec / "tasks.json").read_text())
+    for k in range(1, 9):
+        t = next(t for t in doc["tasks"] if t["id"] == f"T{k}")
+        assert t["n"] == 299
+        assert [t[f"k{j}"] for j in range(7)] == [
+            max(i for i in range(300) if i % 7 == j) for j in range(7)
+        ]
+        assert doc[f"last{k}"] == 299
+    with pytest.raises(RuntimeError):
+        writer.set("T1", n=0)
+
+
+def test_a_failed_write_keeps_the_changes_for_the_next_one(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    path = spec / "tasks.json"
+    good = path.read_bytes()
+    writer = CoalescingWriter(TasksStore(spec), interval=60)
+    writer.set("T1", status="in_progress")
+    path.write_bytes(good[:20])  # someone breaks the file by hand mid-run
+    with pytest.raises(InvalidInput):
+        writer.flush()
+    assert writer.pending
+    writer.set("T2", status="pass")
+    path.write_bytes(good)  # ... and repairs it
+    writer.close()
+    tasks = read_tasks(spec)
+    assert tasks["T1"]["status"] == "in_progress" and tasks["T2"]["status"] == "pass"
+    assert writer.writes == 1
+
+
+def test_changes_to_a_task_deleted_by_hand_are_skipped(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    with CoalescingWriter(TasksStore(spec), interval=60) as writer:
+        writer.set("T1", status="pass")
+        writer.set("T9", status="pass")
+    assert writer.missing == {"T9"}
+    assert read_tasks(spec)["T1"]["status"] == "pass"
+
+
+def test_a_process_that_stops_normally_loses_nothing(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    proc = _run_py(
+        """
+        import sys
+        from specexec.store import CoalescingWriter, TasksStore
+        with CoalescingWriter(TasksStore(sys.argv[1]), interval=3600) as w:
+            for i in range(100):
+                w.set("T1", status="in_progress", n=i)
+            w.set("T2", status="pass")
+        """,
+        str(spec),
+    )
+    assert proc.returncode == 0, proc.stderr
+    tasks = read_tasks(spec)
+    assert tasks["T1"]["n"] == 99 and tasks["T2"]["status"] == "pass"
+
+
+def test_store_errors_for_missing_file_and_bad_shape(tmp_path: Path) -> None:
+    spec = tmp_path / "spec"
+    spec.mkdir()
+    with pytest.raises(InvalidInput, match="no such file"):
+        TasksStore(spec).read()
+    (spec / "tasks.json").write_text("[1, 2]\n")
+    with pytest.raises(InvalidInput, match="top level must be a JSON object"):
+        TasksStore(spec).update(tasks={"T1": {}})
+    (spec / "tasks.json").write_text('{"tasks": {"T1": {}}}\n')
+    with pytest.raises(InvalidInput, match='"tasks" must be a list'):
+        TasksStore(spec).update(tasks={"T1": {}})
+
+
+def test_a_document_that_could_not_be_loaded_again_is_not_written(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    before = (spec / "tasks.json").read_bytes()
+    deep: Any = "leaf"
+    for _ in range(70):
+        deep = [deep]
+    store = TasksStore(spec)
+    with pytest.raises(InvalidInput, match="nested deeper than 64 levels"):
+        store.update(tasks={"T1": {"result": deep}})
+    with pytest.raises(InvalidInput, match="more than the 8388608-byte limit"):
+        store.update(tasks={"T1": {"result": "x" * (9 * 1024 * 1024)}})
+    assert (spec / "tasks.json").read_bytes() == before
+    assert _tmp_files(spec) == []

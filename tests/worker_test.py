@@ -1,0 +1,394 @@
+"""The worker process runner: process groups, timeouts, cancel, logs, env, orphan sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from specexec.results import parse_result, read_log_tail
+from specexec.worker import (
+    ATTEMPT_HEADER,
+    ProcessOutcome,
+    run_process,
+    sweep_orphans,
+    worker_env,
+)
+
+PY = sys.executable
+
+
+def live_in_group(pgid: int) -> list[int]:
+    """Processes of the group that are really alive (zombies of an init that never reaps
+    do not count)."""
+    alive = []
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p.pid)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return alive
+
+
+def wait_for(predicate: object, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.fixture
+def groups() -> Iterator[list[int]]:
+    """Process groups a test started; any survivor is killed (and fails the test)."""
+    started: list[int] = []
+    yield started
+    survivors = {g: live_in_group(g) for g in started}
+    for g, pids in survivors.items():
+        if pids:
+            os.killpg(g, signal.SIGKILL)
+    assert not any(survivors.values()), f"processes survived: {survivors}"
+
+
+def run(tmp_path: Path, command: object, groups: list[int], **kw: object) -> ProcessOutcome:
+    kw.setdefault("cwd", tmp_path)
+    kw.setdefault("env", dict(os.environ))
+    kw.setdefault("stdin_path", None)
+    kw.setdefault("log_path", tmp_path / "task.log")
+    kw.setdefault("timeout_s", 30)
+    user_on_start = kw.pop("on_start", None)
+
+    def on_start(pid: int) -> None:
+        groups.append(pid)
+        if callable(user_on_start):
+            user_on_start(pid)
+
+    return run_process(command, on_start=on_start, **kw)  # type: ignore[arg-type]
+
+
+def test_timeout_terms_the_whole_group_and_nothing_survives(
+    tmp_path: Path, groups: list[int]
+) -> None:
+    t0 = time.monotonic()
+    out = run(tmp_path, "sleep 999 & sleep 999", groups, timeout_s=2, grace_s=5)
+    elapsed = time.monotonic() - t0
+    assert out.timed_out and not out.cancelled
+    assert elapsed < 2 + 5 + 1
+    assert out.returncode == -signal.SIGTERM  # TERM was enough: no grace period sat out
+    assert live_in_group(out.pid) == []
+    assert "timed out" in (tmp_path / "task.log").read_text()
+
+
+def test_a_group_that_ignores_sigterm_is_killed_after_the_grace_period(
+    tmp_path: Path, groups: list[int]
+) -> None:
+    t0 = time.monotonic()
+    out = run(tmp_path, "trap '' TERM; sleep 999 & sleep 999", groups, timeout_s=1, grace_s=1)
+    elapsed = time.monotonic() - t0
+    assert out.timed_out
+    assert 1 + 1 <= elapsed < 1 + 1 + 3  # waited the grace period, then KILL (slack: shared CI)
+    assert out.returncode == -signal.SIGKILL
+    assert live_in_group(out.pid) == []
+
+
+def test_background_leftovers_are_stopped_when_the_leader_exits(
+    tmp_path: Path, groups: list[int]
+) -> None:
+    t0 = time.monotonic()
+    out = run(tmp_path, "sleep 999 & echo started", groups)
+    assert out.returncode == 0 and not out.timed_out
+    assert time.monotonic() - t0 < 3
+    assert live_in_group(out.pid) == []
+    assert "started" in read_log_tail(tmp_path / "task.log")
+
+
+def test_cancel_stops_a_running_worker_promptly(tmp_path: Path, groups: list[int]) -> None:
+    cancel = threading.Event()
+    started = threading.Event()
+    box: list[ProcessOutcome] = []
+    th = threading.Thread(
+        target=lambda: box.append(
+            run(
+                tmp_path,
+                "sleep 999 & sleep 999",
+                groups,
+                timeout_s=None,
+                cancel=cancel,
+                on_start=lambda pid: started.set(),
+            )
+        )
+    )
+    th.start()
+    assert started.wait(10)
+    t0 = time.monotonic()
+    cancel.set()
+    th.join(10)
+    assert not th.is_alive()
+    assert time.monotonic() - t0 < 1.5
+    assert box[0].cancelled and not box[0].timed_out
+    assert live_in_group(box[0].pid) == []
+
+
+def test_an_already_cancelled_worker_does_not_start(tmp_path: Path, groups: list[int]) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    out = run(tmp_path, ["touch", "started"], groups, cancel=cancel)
+    assert out.cancelled and out.pid == 0 and out.returncode is None
+    assert not (tmp_path / "started").exists()
+
+
+def test_missing_executable_is_a_start_error_not_an_exception(
+    tmp_path: Path, groups: list[int]
+) -> None:
+    out = run(tmp_path, ["specexec-no-such-agent-cli", "-p"], groups)
+    assert out.returncode is None and out.pid == 0
+    assert out.start_error is not None and "command not found" in out.start_error
+    assert "specexec-no-such-agent-cli" in out.start_error
+    assert out.start_error in (tmp_path / "task.log").read_text()
+
+
+def test_permission_denied_and_missing_cwd_are_start_errors(
+    tmp_path: Path, groups: list[int]
+) -> None:
+    script = tmp_path / "agent.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    out = run(tmp_path, [str(script)], groups)
+    assert out.start_error is not None and "permission denied" in out.start_error
+    out = run(tmp_path, ["true"], groups, cwd=tmp_path / "gone")
+    assert out.start_error is not None and "does not exist" in out.start_error
+
+
+def test_a_string_command_runs_under_sh_and_exit_codes_are_kept(
+    tmp_path: Path, groups: list[int]
+) -> None:
+    out = run(tmp_path, "echo one; exit 7", groups)
+    assert out.returncode == 7 and out.start_error is None
+    out = run(tmp_path, "specexec-no-such-cmd", groups)
+    assert out.returncode == 127  # the shell reports it; the task fails with its message
+
+
+def test_prompt_is_given_on_stdin_and_dev_null_otherwise(tmp_path: Path, groups: list[int]) -> None:
+    prompt = tmp_path / "T1.prompt.md"
+    prompt.write_text("# Task Worker: Execute Task T1\n")
+    out = run(tmp_path, ["cat"], groups, stdin_path=prompt)
+    assert out.returncode == 0
+    assert read_log_tail(tmp_path / "task.log") == "# Task Worker: Execute Task T1\n"
+    t0 = time.monotonic()
+    out = run(tmp_path, ["cat"], groups)  # would hang forever on an inherited terminal
+    assert out.returncode == 0 and time.monotonic() - t0 < 5
+
+
+def test_log_is_private_and_keeps_every_attempt(tmp_path: Path, groups: list[int]) -> None:
+    log = tmp_path / "runs" / "r1" / "T1.log"
+    env1 = worker_env(None, attempt=1)
+    env2 = worker_env(None, attempt=2)
+    run(tmp_path, "echo first attempt", groups, env=env1, log_path=log)
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    run(tmp_path, "echo second attempt", groups, env=env2, log_path=log)
+    text = log.read_text()
+    assert text.count(ATTEMPT_HEADER) == 2
+    assert f"{ATTEMPT_HEADER} 1 " in text and f"{ATTEMPT_HEADER} 2 " in text
+    assert "first attempt" in text and "second attempt" in text
+    assert read_log_tail(log) == "second attempt\n"  # results look at the latest only
+
+
+def test_a_multiline_command_in_the_header_is_not_taken_for_output(
+    tmp_path: Path, groups: list[int]
+) -> None:
+    command = 'true\n: \'{"status": "pass"}\'\nexit 1'
+    out = run(tmp_path, command, groups)
+    assert out.returncode == 1
+    text = (tmp_path / "task.log").read_text()
+    assert text.count("\n") == 2  # header line + end line
+    result = parse_result(tmp_path / "none.json", tmp_path / "task.log", 1, preset="shell")
+    assert result.status == "fail" and result.source == "exit_code"
+
+
+def test_an_existing_world_readable_log_is_narrowed(tmp_path: Path, groups: list[int]) -> None:
+    log = tmp_path / "T1.log"
+    log.write_text("old\n")
+    log.chmod(0o644)
+    run(tmp_path, "echo new", groups, log_path=log)
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+
+
+def test_worker_env_has_specexec_vars_and_no_git_repository_vars(
+    tmp_path: Path, groups: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GIT_DIR", "/some/hook/repo/.git")
+    monkeypatch.setenv("GIT_INDEX_FILE", "/some/hook/repo/.git/index")
+    monkeypatch.setenv("SPECEXEC_RESULT_FILE", "/stale/parent/result.json")
+    monkeypatch.setenv("SPECEXEC_RUN_ID", "parent-run")
+    env = worker_env(
+        None,
+        task_id="T1",
+        spec_dir=tmp_path / "spec",
+        worktree=tmp_path,
+        prompt_file=tmp_path / "T1.prompt.md",
+        result_file=tmp_path / "T1.result.json",
+        run_id="20250101-abc",
+        attempt=2,
+    )
+    out = run(
+        tmp_path,
+        [PY, "-c", "import json, os; print(json.dumps(dict(os.environ)))"],
+        groups,
+        env=env,
+    )
+    assert out.returncode == 0
+    seen = json.loads(read_log_tail(tmp_path / "task.log"))
+    assert seen["SPECEXEC_TASK_ID"] == "T1"
+    assert seen["SPECEXEC_SPEC_DIR"] == str(tmp_path / "spec")
+    assert seen["SPECEXEC_WORKTREE"] == str(tmp_path)
+    assert seen["SPECEXEC_PROMPT_FILE"] == str(tmp_path / "T1.prompt.md")
+    assert seen["SPECEXEC_RESULT_FILE"] == str(tmp_path / "T1.result.json")
+    assert seen["SPECEXEC_RUN_ID"] == "20250101-abc"
+    assert seen["SPECEXEC_ATTEMPT"] == "2"
+    assert "GIT_DIR" not in seen and "GIT_INDEX_FILE" not in seen
+    assert seen["PATH"] == os.environ["PATH"]
+    # Nothing of the parent's own SPECEXEC_* leaks when not set again.
+    assert "SPECEXEC_RUN_ID" not in worker_env(None, task_id="T1")
+    with pytest.raises(TypeError):
+        worker_env(None, task="T1")
+
+
+def test_registry_records_a_live_worker_and_forgets_it_when_done(
+    tmp_path: Path, groups: list[int]
+) -> None:
+    registry = tmp_path / "workers"
+    seen: list[dict[str, object]] = []
+
+    def on_start(pid: int) -> None:
+        seen.extend(json.loads(p.read_text()) for p in registry.glob("*.json"))
+
+    out = run(tmp_path, ["true"], groups, registry_dir=registry, on_start=on_start)
+    assert out.returncode == 0
+    assert [r["pgid"] for r in seen] == [out.pid]
+    assert seen[0]["runner_pid"] == os.getpid()
+    assert list(registry.glob("*.json")) == []
+
+
+def test_an_exception_in_the_runner_thread_stops_the_group(
+    tmp_path: Path, groups: list[int]
+) -> None:
+    def boom(pid: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "sleep 999 & sleep 999", groups, on_start=boom)
+    assert live_in_group(groups[-1]) == []
+
+
+RUNNER = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from specexec.worker import run_process
+    registry, log, ready = map(Path, sys.argv[1:4])
+    run_process("sleep 999 & sleep 999 & wait", cwd=log.parent, env=dict(os.environ),
+                stdin_path=None, log_path=log, timeout_s=None, registry_dir=registry,
+                on_start=lambda pid: ready.write_text(str(pid)))
+    """
+)
+
+
+def test_sweep_orphans_kills_the_group_of_a_sigkilled_runner(
+    tmp_path: Path, groups: list[int]
+) -> None:
+    registry = tmp_path / "workers"
+    ready = tmp_path / "ready"
+    script = tmp_path / "runner.py"
+    script.write_text(RUNNER)
+    runner = subprocess.Popen([PY, str(script), str(registry), str(tmp_path / "w.log"), str(ready)])
+    try:
+        assert wait_for(lambda: ready.exists() and ready.read_text())
+        pgid = int(ready.read_text())
+        groups.append(pgid)
+        assert live_in_group(pgid)
+        # While its runner lives, a worker is none of the sweeper's business.
+        assert sweep_orphans(registry) == []
+        assert live_in_group(pgid)
+        assert len(list(registry.glob("*.json"))) == 1
+    finally:
+        runner.kill()
+        runner.wait()
+    # The runner is gone; the sleeps are not (pdeathsig reaches the leader at most).
+    assert wait_for(lambda: len(live_in_group(pgid)) >= 2 or not live_in_group(pgid))
+    assert live_in_group(pgid)
+    assert sweep_orphans(registry) == [pgid]
+    assert live_in_group(pgid) == []
+    assert list(registry.glob("*.json")) == []
+
+
+def test_sweep_orphans_spares_a_reused_pid(tmp_path: Path, groups: list[int]) -> None:
+    registry = tmp_path / "workers"
+    registry.mkdir()
+    proc = subprocess.Popen(["sleep", "999"], start_new_session=True)
+    groups.append(proc.pid)
+    try:
+        me = psutil.Process()
+        record = {
+            "pgid": proc.pid,
+            "pid": proc.pid,
+            "create_time": psutil.Process(proc.pid).create_time() - 100,  # someone older
+            "runner_pid": me.pid,
+            "runner_create_time": me.create_time() - 100,  # not us: that runner is gone
+            "command": "sleep 999",
+        }
+        (registry / f"{proc.pid}.json").write_text(json.dumps(record))
+        (registry / "garbage.json").write_text("{not json")
+        assert sweep_orphans(registry) == []
+        assert proc.poll() is None  # still running
+        assert list(registry.glob("*.json")) == []
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.slow
+def test_200mb_of_output_neither_deadlocks_nor_grows_the_runner(
+    tmp_path: Path, groups: list[int]
+) -> None:
+    me = psutil.Process()
+    before = me.memory_info().rss
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], me.memory_info().rss)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        out = run(
+            tmp_path,
+            "head -c 200000000 /dev/zero | tr '\\0' x; echo; echo done",
+            groups,
+            timeout_s=120,
+        )
+        result = parse_result(
+            tmp_path / "none.json", tmp_path / "task.log", out.returncode, preset="shell"
+        )
+    finally:
+        done.set()
+        sampler.join()
+    assert out.returncode == 0 and not out.timed_out
+    assert (tmp_path / "task.log").stat().st_size > 200_000_000
+    assert result.status == "pass" and result.source == "exit_code"
+    growth = max(peak[0], me.memory_info().rss) - before
+    assert growth < 50 * 1024 * 1024, f"runner RSS grew by {growth / 2**20:.1f} MiB"
