@@ -45,6 +45,17 @@ def repo_worker(repo_root: Path | None) -> WorkerConfig | None:
     return worker_config(value)
 
 
+def repo_allows_commands(repo_root: Path | None) -> bool:
+    """``[tool.specexec] allow_commands = true``: the daemon may run this repository's
+    spec folders whose tasks run their own shell command."""
+    value = repo_config(repo_root).get("allow_commands", False)
+    if not isinstance(value, bool):
+        raise InvalidInput(
+            f"{repo_root}/pyproject.toml: [tool.specexec] allow_commands: must be true or false"
+        )
+    return value
+
+
 def cli_worker(value: str | None) -> WorkerConfig | None:
     """``--worker claude`` is a preset; anything else is a shell command."""
     if value is None:

@@ -91,6 +91,14 @@ class _Attempt:
 
 
 @dataclass(frozen=True, slots=True)
+class _NotStarted:
+    """A task given up before its first attempt: drained or cancelled while it waited for
+    a slot of the shared pool. It never left ``pending``."""
+
+    key: Key
+
+
+@dataclass(frozen=True, slots=True)
 class _Done:
     key: Key
     outcome: taskrun.AttemptOutcome
@@ -109,6 +117,9 @@ class Executor:
         reporter: Reporter,
         run_id: str,
         cancel: threading.Event,
+        *,
+        slots: threading.BoundedSemaphore | None = None,
+        drain: threading.Event | None = None,
     ) -> None:
         self.runs = {r.name: r for r in runs}
         if len(self.runs) != len(runs):
@@ -117,7 +128,13 @@ class Executor:
         self.reporter = reporter
         self.run_id = run_id
         self.cancel = cancel
-        self.queue: queue.Queue[_Attempt | _Done] = queue.Queue()
+        # Daemon hooks: ``slots`` is one job pool shared by several executors (a worker
+        # holds a slot from its first attempt to its end); ``drain`` set = start no new
+        # task, let running ones finish.
+        self.slots = slots
+        self.drain = drain
+        self.draining = False
+        self.queue: queue.Queue[_Attempt | _Done | _NotStarted] = queue.Queue()
         self.schedule = schedule.Schedule(
             [(r.name, r.spec.tasks) for r in runs], opts.jobs, opts.schedule
         )
@@ -218,7 +235,29 @@ class Executor:
 
     # -- worker threads ----------------------------------------------------------------
 
+    def _take_slot(self) -> bool:
+        """Wait for a slot of the shared pool; False if drained or cancelled meanwhile."""
+        assert self.slots is not None
+        while not self.cancel.is_set() and not (self.drain is not None and self.drain.is_set()):
+            if self.slots.acquire(timeout=0.1):
+                return True
+        return False
+
     def _work(
+        self, key: Key, make: Callable[[int, float], taskrun.AttemptContext], task: Task
+    ) -> None:
+        if self.slots is not None:
+            if not self._take_slot():
+                self.queue.put(_NotStarted(key))
+                return
+            try:
+                self._work_in_slot(key, make, task)
+            finally:
+                self.slots.release()
+        else:
+            self._work_in_slot(key, make, task)
+
+    def _work_in_slot(
         self, key: Key, make: Callable[[int, float], taskrun.AttemptContext], task: Task
     ) -> None:
         start = time.time()
@@ -337,10 +376,17 @@ class Executor:
             if self.cancel.is_set() and not self.stopping:
                 self.stopping = self.interrupted = True
                 self.reporter.event("notice", message="interrupted: stopping running tasks")
-            if not self.stopping:
+            if self.drain is not None and self.drain.is_set() and not self.draining:
+                self.draining = True
+                self.reporter.event(
+                    "notice", message="draining: no new task starts; running ones finish"
+                )
+            if not self.stopping and not self.draining:
                 for key in self.schedule.start_ready():
                     self._start(key)
             if not self.schedule.running:
+                if self.draining and not self.schedule.done():
+                    self.interrupted = True  # tasks are left pending
                 break
             try:
                 msg = self.queue.get(timeout=0.2)
@@ -348,6 +394,9 @@ class Executor:
                 continue
             if isinstance(msg, _Attempt):
                 self._on_attempt(msg)
+            elif isinstance(msg, _NotStarted):
+                self.schedule.release(msg.key)
+                self.started_at.pop(msg.key, None)
             else:
                 self._on_done(msg)
 
@@ -358,6 +407,8 @@ class Executor:
             if msg.attempt == self.runs[key[0]].spec.task(key[1]).attempts + 1
             else "in_progress"
         )
+        if frm == "pending" and self.slots is not None:
+            self.started_at[key] = time.time()  # it started now, not when it began to wait
         self._set(
             key,
             frm,

@@ -393,16 +393,28 @@ class CoalescingWriter:
             return self._since is not None
 
     def set(self, task_id: str, **fields: Any) -> None:
+        # A task's fields sit 3 levels down (document, task list, task).
+        self._check_depth(fields, jsonio.MAX_DEPTH - 3, f"task {task_id!r}")
         with self._cond:
             self._check_open()
             self._tasks.setdefault(task_id, {}).update(fields)
             self._mark()
 
     def set_top(self, **fields: Any) -> None:
+        self._check_depth(fields, jsonio.MAX_DEPTH - 1, "the top level")
         with self._cond:
             self._check_open()
             self._top.update(fields)
             self._mark()
+
+    def _check_depth(self, fields: Mapping[str, Any], limit: int, where: str) -> None:
+        # Refused here, in the caller, rather than poisoning every later batch write.
+        for key, value in fields.items():
+            if jsonio.too_deep(value, limit):
+                raise InvalidInput(
+                    f"{self.store.path}: {where}, field {key!r}: the value is nested too "
+                    f"deeply to be stored (tasks.json allows {jsonio.MAX_DEPTH} levels)"
+                )
 
     def _check_open(self) -> None:
         if self._closed:

@@ -146,22 +146,36 @@ def _dry_run(specs: Sequence[Spec], opts: RunOptions) -> int:
     return EXIT_OK
 
 
-def run(spec_dirs: Sequence[str], opts: RunOptions, reporter: Reporter | None = None) -> int:
+def run(
+    spec_dirs: Sequence[str],
+    opts: RunOptions,
+    reporter: Reporter | None = None,
+    *,
+    cancel: threading.Event | None = None,
+    slots: threading.BoundedSemaphore | None = None,
+    drain: threading.Event | None = None,
+) -> int:
+    """Run the pending tasks of ``spec_dirs``; the exit code.
+
+    For callers that run several of these at once in threads (the daemon): ``cancel``
+    stops running workers (their tasks go back to pending), ``drain`` stops starting
+    tasks, ``slots`` is a job pool shared with the other runs, and with a ``reporter``
+    of their own the summary is a ``run_finished`` event instead of lines on stdout."""
     specs = _load_all(spec_dirs)
     if opts.dry_run:
         return _dry_run(specs, opts)
     run_id = new_run_id()
-    cancel = threading.Event()
+    cancel = cancel if cancel is not None else threading.Event()
     with contextlib.ExitStack() as stack:
         for spec in specs:
             stack.enter_context(RunLock(spec.dir, wait=opts.wait, run_id=run_id))
         runs = []
         for spec in specs:
-            runs.append(prepare(spec, opts, run_id))
+            runs.append(prepare(spec, opts, run_id, reporter))
         specs = [r.spec for r in runs]
         rep = reporter or make_reporter(opts.json)
         stack.callback(rep.close)
-        executor = Executor(runs, opts, rep, run_id, cancel)
+        executor = Executor(runs, opts, rep, run_id, cancel, slots=slots, drain=drain)
         if hasattr(rep, "eta"):
             rep.eta = executor.eta_seconds
         with _signals(cancel):
@@ -170,7 +184,7 @@ def run(spec_dirs: Sequence[str], opts: RunOptions, reporter: Reporter | None = 
         for r in runs:
             (r.run_dir / "run.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
             (r.run_dir / "report.md").write_text(render_markdown(metrics))
-        if opts.json:
+        if opts.json or reporter is not None:
             rep.event("run_finished", **{k: v for k, v in metrics.items() if k != "records"})
         else:
             print()
@@ -183,7 +197,9 @@ def run(spec_dirs: Sequence[str], opts: RunOptions, reporter: Reporter | None = 
     return EXIT_TASK_FAILED if (t["fail"] or t["blocked"] or t["pending"]) else EXIT_OK
 
 
-def prepare(spec: Spec, opts: RunOptions, run_id: str) -> SpecRun:
+def prepare(
+    spec: Spec, opts: RunOptions, run_id: str, reporter: Reporter | None = None
+) -> SpecRun:
     """Everything a spec folder needs before its tasks start (run lock held)."""
     store = TasksStore(spec.dir)
     events = EventLog(spec.dir, run_id)
@@ -198,7 +214,10 @@ def prepare(spec: Spec, opts: RunOptions, run_id: str) -> SpecRun:
             )
         ws = Workspace(root)
     for note in recover(spec, store, events, ws):
-        print(f"recovered {spec.name}/{note}", file=sys.stderr)
+        if reporter is not None:
+            reporter.event("notice", message=f"recovered {spec.name}/{note}")
+        else:
+            print(f"recovered {spec.name}/{note}", file=sys.stderr)
     if opts.retry_failed:
         reset_tasks(store, events, failed=True)
     spec = load_spec(spec.dir)[0]  # the state after recovery and reset
