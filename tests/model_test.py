@@ -100,3 +100,59 @@ def test_schema_describes_required_fields() -> None:
     task_def = schema["$defs"]["TaskModel"]
     assert set(task_def["required"]) == {"id", "summary"}
     json.dumps(schema)  # serialisable
+
+
+def test_round_trip_with_unknown_fields_at_every_level_is_byte_identical(repo: Path) -> None:
+    from specexec.store import TasksStore
+
+    text = """{
+  "x-top": {"kept": [1, 2.5, "é", null]},
+  "version": 1,
+  "spec": "rt",
+  "defaults": {
+    "timeout_minutes": 10,
+    "x-defaults": true
+  },
+  "tasks": [
+    {
+      "x-first": "before id",
+      "id": "T1",
+      "summary": "s",
+      "parallelization": {
+        "blocked_by": [],
+        "x-par": {
+          "deep": {
+            "deeper": [
+              {}
+            ]
+          }
+        }
+      },
+      "result": {
+        "status": "pass",
+        "x-res": 1
+      },
+      "x-last": "after"
+    }
+  ],
+  "x-bottom": "end"
+}
+"""
+    from specexec import jsonio
+
+    canonical = jsonio.dumps(jsonio.loads(text, source="t"))
+    d = repo / "specs" / "rt"
+    d.mkdir(parents=True)
+    (d / "tasks.json").write_text(canonical)
+    load_spec(d)
+    store = TasksStore(d)
+    store.update(tasks={"T1": {"summary": "s"}})  # no change: no write
+    assert (d / "tasks.json").read_text() == canonical
+    store.update(tasks={"T1": {"status": "pass"}})
+    store.update(tasks={"T1": {"status": "pending"}})
+    after = (d / "tasks.json").read_text()
+    # A new field goes at the end of its object; everything else stays where it was.
+    assert after == canonical.replace(
+        '"x-last": "after"\n', '"x-last": "after",\n      "status": "pending"\n'
+    )
+    assert jsonio.dumps(jsonio.loads(after, source="t")) == after
