@@ -17,7 +17,7 @@ import stat
 from collections.abc import Callable, Iterator
 from json.encoder import encode_basestring as _encode_str
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from specexec.errors import InvalidInput, UnsafePath
 
@@ -170,15 +170,14 @@ def _find_too_deep(text: str) -> int | None:
     return None
 
 
-def too_deep(doc: Any) -> bool:
-    """Whether a document nests containers deeper than ``MAX_DEPTH``."""
-    return isinstance(doc, _NESTED) and _too_deep(doc)
-
-
-def _too_deep(doc: Any) -> bool:
+def too_deep(doc: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether a value nests containers more than ``limit`` levels deep (a container
+    holding only scalars is 1 level)."""
+    if not isinstance(doc, _NESTED):
+        return False
     # Level by level, iteratively: a recursive walk is what this check exists to avoid.
     level = [doc]
-    for _ in range(MAX_DEPTH):
+    for _ in range(limit):
         below: list[Any] = []
         for c in level:
             below += [
@@ -224,14 +223,13 @@ def _decode(data: bytes, source: str) -> str:
 
 
 def loads(data: bytes | str, *, source: str) -> Any:
-    """Parse a JSON document, refusing anything a careful reader would not trust."""
-    if len(data) > MAX_BYTES:
-        raise InvalidInput(f"{source}: the document is larger than the {_size(MAX_BYTES)} limit")
+    """Parse a JSON document, refusing anything a careful reader would not trust.
+
+    The size cap is the reader's job (``load_file`` checks it before reading).
+    """
     text = _decode(data, source) if isinstance(data, bytes) else data
     if text.startswith("\ufeff"):
         raise InvalidInput(f"{source}:1:1: the text starts with a byte order mark (BOM); remove it")
-    if not text.strip():
-        raise InvalidInput(f"{source}:1:1: the file is empty; expected a JSON document")
     try:
         doc = json.loads(
             text,
@@ -240,6 +238,10 @@ def loads(data: bytes | str, *, source: str) -> Any:
             parse_float=_parse_float,
         )
     except json.JSONDecodeError as e:
+        if not text.strip():
+            raise InvalidInput(
+                f"{source}:1:1: the file is empty; expected a JSON document"
+            ) from None
         what = e.msg
         if e.pos >= len(text.rstrip()):
             what += " (the document ends early; is the file truncated?)"
@@ -263,14 +265,16 @@ def loads(data: bytes | str, *, source: str) -> Any:
         ) from None
     except RecursionError:
         _raise_too_deep(text, source)
-    except ValueError as e:  # e.g. an integer with more digits than Python converts
-        raise InvalidInput(f"{source}: invalid JSON: {e}") from None
+    except ValueError as e:  # an integer with more digits than Python converts
+        long = _find_token(text, lambda tok: len(tok) > 4000)
+        where = _where(source, text, long) if long is not None else source
+        raise InvalidInput(f"{where}: invalid JSON: {e}") from None
     if too_deep(doc):
         _raise_too_deep(text, source)
     return doc
 
 
-def _raise_too_deep(text: str, source: str) -> Any:
+def _raise_too_deep(text: str, source: str) -> NoReturn:
     pos = _find_too_deep(text)
     where = _where(source, text, pos) if pos is not None else source
     raise InvalidInput(f"{where}: nesting deeper than {MAX_DEPTH} levels") from None
@@ -368,7 +372,14 @@ def _encode_into(o: Any, level: int, out: Callable[[str], None]) -> None:
             out(sep)
             out(_encode_str(key))
             out(": ")
-            _encode_into(value, level + 1, out)
+            # Inline the common leaves: a call per value is most of the cost.
+            vt = type(value)
+            if vt is str:
+                out(_encode_str(value))
+            elif vt is int:
+                out(int.__repr__(value))
+            else:
+                _encode_into(value, level + 1, out)
             sep = "," + _NEWLINE_INDENT[level + 1]
         out(_NEWLINE_INDENT[level] + "}")
     elif t is list or t is tuple:

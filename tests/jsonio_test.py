@@ -105,6 +105,12 @@ def test_syntax_error_has_line_and_column() -> None:
     )
 
 
+def test_an_absurdly_long_number_is_located() -> None:
+    assert _error('{"n":\n  ' + "9" * 5000 + "}").startswith(
+        "specs/x/tasks.json:2:3: invalid JSON: "
+    )
+
+
 def test_empty_document() -> None:
     assert _error(b"  \n") == "specs/x/tasks.json:1:1: the file is empty; expected a JSON document"
 

@@ -176,7 +176,7 @@ def test_concurrent_writers_lose_nothing_and_readers_always_parse(tmp_path: Path
         for w in range(1, writers + 1)
     ]
     try:
-        assert [p.wait(timeout=120) for p in procs] == [0] * writers
+        assert [p.wait(timeout=600) for p in procs] == [0] * writers
         elapsed = time.monotonic() - start
     finally:
         stop.touch()
@@ -568,3 +568,9 @@ def test_a_document_that_could_not_be_loaded_again_is_not_written(tmp_path: Path
         store.update(tasks={"T1": {"result": "x" * (9 * 1024 * 1024)}})
     assert (spec / "tasks.json").read_bytes() == before
     assert _tmp_files(spec) == []
+    with CoalescingWriter(store, interval=60) as writer:
+        with pytest.raises(InvalidInput, match="task 'T1', field 'result': the value is nested"):
+            writer.set("T1", status="pass", result=deep)
+        writer.set("T2", result=deep[0][0][0][0][0][0][0][0][0])  # 61 levels: fits
+    assert read_tasks(spec)["T2"]["result"] == deep[0][0][0][0][0][0][0][0][0]
+    assert read_tasks(spec)["T1"]["status"] == "pending"
