@@ -2,18 +2,20 @@
 
 Pure: no I/O. ``make_plan`` plans the tasks it is given as if each were still to run
 (callers that want the remaining work pass only those tasks); blocker ids that are not
-among them count as already satisfied. The eager and waves figures come from driving
-``specexec.schedule.Schedule``, the same rule a run uses.
+among them count as already satisfied. The eager figure comes from driving
+``specexec.schedule.Schedule``, the same rule a run uses; the waves figure is that rule's
+closed form for waves mode (a test holds it equal to ``simulate(mode="waves")``).
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from specexec.errors import InvalidInput
-from specexec.paths import conflict_indices, overlap
+from specexec.paths import conflict_indices, gc_paused, overlap
 from specexec.schedule import (
     Prepared,
     Slot,
@@ -161,6 +163,28 @@ def _rationales(
     return out
 
 
+def _waves_minutes(
+    members: Sequence[Sequence[int]], est: Sequence[float], prio: Sequence[float], jobs: int
+) -> float:
+    """Makespan of ``--schedule waves``: each wave packed on ``jobs`` slots, in turn.
+
+    Inside a wave every task is ready at once and none conflicts with another, so the
+    schedule's rule (longest remaining path first, as slots free up) reduces to this list
+    scheduling; a test checks it against ``simulate(mode="waves")``, which costs more.
+    """
+    total = 0.0
+    for mem in members:
+        order = sorted(mem, key=lambda i: (-prio[i], i))
+        free = [0.0] * min(jobs, len(order))  # when each slot is next free
+        span = 0.0
+        for i in order:
+            end = heapq.heappop(free) + est[i]
+            heapq.heappush(free, end)
+            span = max(span, end)
+        total += span
+    return total
+
+
 def _peak(slots: Sequence[Slot]) -> int:
     """Most intervals open at once (an end at t frees its slot before a start at t)."""
     events = sorted([(s, 1) for _, s, _ in slots] + [(e, -1) for _, _, e in slots])
@@ -173,6 +197,11 @@ def _peak(slots: Sequence[Slot]) -> int:
 
 def make_plan(tasks: Sequence[Task], jobs: int) -> Plan:
     """Plan ``tasks`` for ``jobs`` parallel slots. Raises InvalidInput on a cycle."""
+    with gc_paused():
+        return _make_plan(tasks, jobs)
+
+
+def _make_plan(tasks: Sequence[Task], jobs: int) -> Plan:
     if jobs < 1:
         raise InvalidInput(f"--jobs must be at least 1 (got {jobs})")
     # Statuses do not matter here: the plan is of running all of these tasks.
@@ -182,7 +211,8 @@ def make_plan(tasks: Sequence[Task], jobs: int) -> Plan:
         raise InvalidInput("blocked_by cycle: " + " -> ".join(find_cycle(todo) or ["?"]))
     est = [t.estimate for t in todo]
     conflicts = conflict_indices(todo)
-    wave = assign_waves(graph, conflicts, graph.bottom_levels(est))
+    prio = graph.bottom_levels(est)
+    wave = assign_waves(graph, conflicts, prio)
 
     members: list[list[int]] = [[] for _ in range(max(wave, default=0))]
     for i, w in enumerate(wave):
@@ -199,9 +229,7 @@ def make_plan(tasks: Sequence[Task], jobs: int) -> Plan:
     else:
         mode = "parallel_waves"
 
-    pre = {"": Prepared(graph, conflicts, wave)}
-    eager, slots = simulate(todo, jobs, "eager", prepared=pre)
-    waves_minutes, _ = simulate(todo, jobs, "waves", prepared=pre)
+    eager, slots = simulate(todo, jobs, "eager", prepared={"": Prepared(graph, conflicts)})
     path, path_minutes = _critical_path(graph, est)
 
     warnings = tuple(
@@ -218,7 +246,7 @@ def make_plan(tasks: Sequence[Task], jobs: int) -> Plan:
         critical_path=path,
         critical_path_minutes=path_minutes,
         sequential_minutes=float(sum(est)),
-        waves_minutes=waves_minutes,
+        waves_minutes=_waves_minutes(members, est, prio, jobs),
         eager_minutes=eager,
         max_concurrent=_peak(slots),
         conflicts=pairs,

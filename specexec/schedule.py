@@ -115,8 +115,6 @@ class Prepared:
 
     graph: TaskGraph
     conflicts: Sequence[Set[int]]
-    # ``assign_waves`` of the whole group (by bottom level), when already computed.
-    waves: Sequence[int] | None = None
 
 
 def remaining_critical_path(tasks: Sequence[Task]) -> dict[str, float]:
@@ -157,9 +155,6 @@ def assign_waves(
             if indeg[d] == 0:
                 heapq.heappush(heap, (lo[d], -priority[d], d))
     return wave
-
-
-_FINAL = frozenset({"pass", "fail", "blocked"})
 
 
 class Schedule:
@@ -249,10 +244,15 @@ class Schedule:
         self._held: list[dict[int, list[int]]] = [{} for _ in self._groups]
         if self._waves_mode:
             self._plan_waves()
-
-        for i in range(len(keys)):
-            if self._state[i] == "pending" and self._unmet[i] == 0:
-                self._make_ready(i)
+            for i in range(len(keys)):
+                if state[i] == "pending" and not self._unmet[i]:
+                    self._make_ready(i)
+        else:
+            unmet = self._unmet
+            self._heap = [
+                (-prio[i], i) for i, st in enumerate(state) if st == "pending" and not unmet[i]
+            ]
+            heapq.heapify(self._heap)
 
     # -- queries ---------------------------------------------------------------------
 
@@ -373,31 +373,35 @@ class Schedule:
 
     def _start(self) -> list[int]:
         started: list[int] = []
-        heap = self._heap
-        while heap and len(self._running) < self._jobs:
-            _, i = heapq.heappop(heap)
-            if not self._startable(i):
+        heap, state, unmet, running = self._heap, self._state, self._unmet, self._running
+        waves = self._waves_mode
+        pop = heapq.heappop
+        while heap and len(running) < self._jobs:
+            i = pop(heap)[1]
+            if state[i] != "pending" or unmet[i] or (waves and not self._startable(i)):
                 continue  # stale entry: started, released again or blocked meanwhile
-            c = self._conflicting_running(i)
+            c = self._conflicting_running(i) if self._conf[i] else None
             if c is not None:
                 # Nothing changes for i until c stops: wait on c instead of the heap.
                 self._parked.setdefault(c, []).append(i)
                 continue
-            self._state[i] = "running"
-            self._running[i] = None
+            state[i] = "running"
+            running[i] = None
             self._running_in[self._group_of[i]].add(i)
             started.append(i)
         return started
 
     def _finish(self, i: int, passed: bool, outcome: str) -> list[tuple[Key, str]]:
         self._stop(i)
-        self._state[i] = "pass" if passed else outcome
+        state = self._state
+        state[i] = "pass" if passed else outcome
         newly: list[tuple[Key, str]] = []
         if passed:
+            unmet = self._unmet
             for d in self._dependents[i]:
-                if self._state[d] == "pending":
-                    self._unmet[d] -= 1
-                    if self._unmet[d] == 0:
+                if state[d] == "pending":
+                    unmet[d] -= 1
+                    if not unmet[d]:
                         self._make_ready(d)
         else:
             newly = self._block_dependents([i], count_waves=True)
@@ -475,9 +479,7 @@ class Schedule:
             todo = [i for i in range(base, base + len(gtasks)) if self._state[i] == "pending"]
             prio = [self._prio[i] for i in todo]
             prep = self._prepared[gi]
-            if len(todo) == len(gtasks) and prep.waves is not None:
-                waves = prep.waves
-            elif len(todo) == len(gtasks):
+            if len(todo) == len(gtasks):  # all still to run: reuse the group's graph
                 waves = assign_waves(prep.graph, prep.conflicts, prio)
             else:
                 pos = {g: k for k, g in enumerate(todo)}

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from specexec.paths import (
     conflict_graph,
     covers,
+    fixed_prefix,
+    is_glob,
     overlap,
     path_problem,
     patterns_conflict,
@@ -96,6 +98,15 @@ def test_tasks_without_files_conflict_with_nothing() -> None:
 def test_shared_pattern_makes_a_clique() -> None:
     graph = conflict_graph([t("A", "x.py"), t("B", "x.py"), t("C", "x.py", "x.py"), t("D", "y")])
     assert graph["A"] == {"B", "C"} and graph["C"] == {"A", "B"} and graph["D"] == set()
+
+
+def test_glob_detection_and_fixed_prefix() -> None:
+    assert is_glob("src/*.py") and is_glob("t?.py") and is_glob("[ab].py")
+    assert not is_glob("src/a.py") and not is_glob("docs/")
+    assert fixed_prefix("src/a/*.py") == "src/a"
+    assert fixed_prefix("src/**/x.py") == "src"
+    assert fixed_prefix("**/*.md") == ""
+    assert fixed_prefix("docs/x.md") == "docs/x.md"
 
 
 def test_covers_and_scope_violations() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 
 import pytest
@@ -16,6 +17,7 @@ from specexec.planner import (
     make_plan,
     remaining_critical_path,
 )
+from specexec.schedule import simulate
 from specexec.spec import Task
 
 
@@ -191,6 +193,14 @@ def test_remaining_critical_path() -> None:
     assert remaining_critical_path(tasks) == {"A": 6, "B": 5, "C": 4, "D": 2}
 
 
+def test_planning_leaves_the_garbage_collector_on() -> None:
+    assert gc.isenabled()
+    make_plan([t("A", "a"), t("B", "a")], 2)
+    with pytest.raises(InvalidInput):
+        make_plan([t("A", after=["A"])], 2)
+    assert gc.isenabled()
+
+
 def test_bad_jobs() -> None:
     with pytest.raises(InvalidInput):
         make_plan([t("A")], 0)
@@ -262,6 +272,8 @@ def test_waves_respect_blockers_and_conflicts(tasks: list[Task], jobs: int) -> N
                     for p in by_id[a].relevant_files
                     for q in by_id[b].relevant_files
                 )
+    # The waves figure is what the schedule does in waves mode.
+    assert plan.waves_minutes == pytest.approx(simulate(tasks, jobs, "waves")[0])
     # Figures are consistent with each other.
     assert plan.critical_path_minutes <= plan.eager_minutes + 1e-9
     assert plan.eager_minutes <= plan.sequential_minutes + 1e-9

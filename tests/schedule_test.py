@@ -252,7 +252,7 @@ def test_schedule_invariants(
 ) -> None:
     s = Schedule(gs, jobs, mode)  # type: ignore[arg-type]
     task = {(g, x.id): x for g, ts in gs for x in ts}
-    status = {k: x.status for k, x in task.items()}
+    status: dict[Key, str] = {k: x.status for k, x in task.items()}
     conflicts = {g: conflict_graph(ts) for g, ts in gs}
 
     def blockers(k: Key) -> list[Key]:
