@@ -88,6 +88,11 @@ class Spec:
     verify: str | None = None  # defaults.verify
     context: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    _by_id: Mapping[str, Task] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Frozen: set the index once, the way dataclasses themselves do.
+        object.__setattr__(self, "_by_id", {t.id: t for t in self.tasks})
 
     @property
     def tasks_file(self) -> Path:
@@ -98,7 +103,4 @@ class Spec:
         return self.dir / RUNTIME_DIR
 
     def task(self, task_id: str) -> Task:
-        for t in self.tasks:
-            if t.id == task_id:
-                return t
-        raise KeyError(task_id)
+        return self._by_id[task_id]

@@ -129,6 +129,9 @@ class TasksStore:
         self._filelock: FileLock | None = None
         # Threads of this process queue here instead of polling the file lock.
         self._mutex = threading.RLock()
+        # The document as this store last wrote it, keyed by the file's identity then:
+        # while nobody else touched the file, the next update need not parse it again.
+        self._cache: tuple[tuple[int, int, int, int], dict[str, Any]] | None = None
 
     # -- reading -------------------------------------------------------------------
 
@@ -197,7 +200,19 @@ class TasksStore:
                         changed = set_fields(by_id[tid], fields) or changed
             return changed
 
-        doc, written = self.edit(change)
+        # Only the new values need the depth check: the rest was loaded, so it is fine.
+        for fields, limit in [
+            (top, jsonio.MAX_DEPTH - 1),
+            *((f, jsonio.MAX_DEPTH - 3) for f in tasks.values()),
+        ]:
+            for key, value in fields.items():
+                if value is not DELETE and jsonio.too_deep(value, limit):
+                    raise InvalidInput(
+                        f"{self.path}: field {key!r}: refusing to write a value nested deeper "
+                        f"than {jsonio.MAX_DEPTH} levels (it could not be loaded again); "
+                        "the file was left unchanged"
+                    )
+        doc, written = self._edit(change, checked=True)
         if missing:
             log.warning("%s: skipped changes to tasks not in the file: %s", self.path, missing)
         return UpdateResult(doc, written, tuple(missing))
@@ -206,12 +221,32 @@ class TasksStore:
         """Under the lock: read the current document, let ``change`` modify it in place
         and say whether it changed anything, and if so write it. Returns (document,
         written). ``change`` may run more than once if the file is edited meanwhile."""
+        return self._edit(change, checked=False)
+
+    def _current(self) -> tuple[dict[str, Any], os.stat_result]:
+        """The document on disk: our cached copy if the file is the one we wrote."""
+        cache, self._cache = self._cache, None  # taken: ``change`` edits it in place
+        if cache is not None:
+            try:
+                st = os.stat(self.path, follow_symlinks=False)
+            except OSError:
+                st = None
+            if st is not None and _identity(st) == cache[0] and st.st_nlink == 1:
+                return cache[1], st
+        return self._load()
+
+    def _edit(
+        self, change: Callable[[dict[str, Any]], bool], *, checked: bool
+    ) -> tuple[dict[str, Any], bool]:
         with self.locked():
             for _ in range(_MAX_ROUNDS):
-                doc, st = self._load()
+                doc, st = self._current()
                 if not change(doc):
+                    self._cache = (_identity(st), doc)
                     return doc, False
-                if self._replace(self._encode(doc), st):
+                if self._replace(self._encode(doc, check_depth=not checked), st):
+                    with contextlib.suppress(OSError):
+                        self._cache = (_identity(os.stat(self.path, follow_symlinks=False)), doc)
                     return doc, True
                 log.info("%s changed while being updated; redoing the update", self.path)
         raise SpecexecError(
@@ -219,9 +254,9 @@ class TasksStore:
             "stop editing it and retry"
         )
 
-    def _encode(self, doc: dict[str, Any]) -> bytes:
+    def _encode(self, doc: dict[str, Any], *, check_depth: bool = True) -> bytes:
         # Never write a file that specexec itself would refuse to load again.
-        if jsonio.too_deep(doc):
+        if check_depth and jsonio.too_deep(doc):
             raise InvalidInput(
                 f"{self.path}: refusing to write a document nested deeper than "
                 f"{jsonio.MAX_DEPTH} levels (it could not be loaded again); the file was left unchanged"
@@ -248,6 +283,11 @@ class TasksStore:
                     f"{self.lock_path}, held by another specexec process"
                 ) from None
             except OSError as e:
+                if e.errno == errno.ELOOP:  # a planted symlink: never lock (or truncate) its target
+                    raise UnsafePath(
+                        f"{self.lock_path}: is a symbolic link; specexec does not follow links "
+                        "in .specexec (remove it)"
+                    ) from None
                 raise SpecexecError(f"{self.lock_path}: cannot lock: {e.strerror or e}") from None
             try:
                 if lock.lock_counter == 1:
@@ -318,6 +358,10 @@ class TasksStore:
         return True
 
 
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def _keep_owner_and_mode(fd: int, st: os.stat_result) -> None:
     if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
         # Only root may give a file away; a member of the group may still keep the group.
@@ -377,6 +421,7 @@ class CoalescingWriter:
         self._top: dict[str, Any] = {}
         self._since: float | None = None  # when the oldest unwritten change was made
         self._last_write = float("-inf")
+        self._last_cost = 0.0  # seconds the last write took
         self._closed = False
         self._writes = 0
         self._thread = threading.Thread(target=self._run, name="specexec-tasks-writer", daemon=True)
@@ -440,7 +485,8 @@ class CoalescingWriter:
                 self._put_back(tasks, top, since)
                 raise
             with self._cond:
-                self._last_write = started
+                self._last_write = time.monotonic()
+                self._last_cost = self._last_write - started
                 if result.written:
                     self._writes += 1
                 self.missing.update(result.missing)
@@ -463,7 +509,10 @@ class CoalescingWriter:
                     if self._since is None:
                         self._cond.wait()
                         continue
-                    left = max(self._since, self._last_write) + self.interval - time.monotonic()
+                    # A big file takes long to write: space writes out so that writing
+                    # never takes more than a quarter of the time.
+                    gap = max(self.interval, 3 * self._last_cost)
+                    left = max(self._since, self._last_write) + gap - time.monotonic()
                     if left <= 0:
                         break
                     self._cond.wait(left)
