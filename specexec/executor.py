@@ -19,6 +19,7 @@ from specexec.errors import InvalidInput
 from specexec.events import EventLog
 from specexec.handoff import merge_data
 from specexec.model import find_repo_root
+from specexec.pool import open_pools
 from specexec.progress import Reporter
 from specexec.prompt import MergedInput, ParallelContext
 from specexec.report import TaskRecord, run_metrics
@@ -208,6 +209,7 @@ class Executor:
             )
         isolation = self.opts.isolation or task.isolation
         ws = r.workspace if isolation == "worktree" else None
+        wt_pool = self.worktree_pools.get(ws.common_dir) if ws is not None else None
         repo_root = find_repo_root(r.spec.dir) or r.spec.dir
 
         def make(attempt: int, timeout: float) -> taskrun.AttemptContext:
@@ -229,6 +231,7 @@ class Executor:
                 cancel=self.cancel,
                 registry_dir=r.spec.runtime_dir / "workers",
                 grace_s=self.opts.grace_s,
+                pool=wt_pool,
             )
 
         return make
@@ -334,6 +337,16 @@ class Executor:
         )
         for key, reason in self.schedule.initially_blocked():
             self._block(key, reason)
+        # Warm worktrees, one pool per repository (--keep-worktrees keeps fresh ones).
+        self.worktree_pools = (
+            open_pools(
+                [r.workspace for r in self.runs.values() if r.workspace is not None],
+                self.opts.jobs,
+                clean_ignored=self.opts.clean_ignored,
+            )
+            if self.opts.pool and not self.opts.keep_worktrees
+            else {}
+        )
         self.pool = ThreadPoolExecutor(
             max_workers=self.opts.jobs, thread_name_prefix="specexec-task"
         )
@@ -341,6 +354,8 @@ class Executor:
             self._loop()
         finally:
             self.pool.shutdown(wait=True)
+            for wt_pool in self.worktree_pools.values():
+                wt_pool.close()
             for r in self.runs.values():
                 r.writer.close()  # final flush: every transition is on disk
             for r, branch in self.branches_to_delete:

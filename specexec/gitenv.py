@@ -31,7 +31,15 @@ _FALLBACK = (
     "GIT_COMMON_DIR",
 )
 # Not "local" to git, but a hook's values would still redirect or alter our git calls.
-_EXTRA = ("GIT_INDEX_VERSION", "GIT_QUARANTINE_PATH", "GIT_EDITOR", "GIT_REFLOG_ACTION")
+_EXTRA = (
+    "GIT_INDEX_VERSION",
+    "GIT_QUARANTINE_PATH",
+    "GIT_EDITOR",
+    "GIT_REFLOG_ACTION",
+    # A hook exports the commit's dates: our own commits must not all carry them.
+    "GIT_AUTHOR_DATE",
+    "GIT_COMMITTER_DATE",
+)
 
 
 @functools.cache

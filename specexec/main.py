@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run tasks' own shell commands from dropped spec folders")
     s.add_argument("--grace", type=_positive_float, default=10.0, metavar="SEC",
                    help="on SIGTERM, seconds running tasks get to finish (default 10)")
+    s.add_argument("--rescan", type=_positive_float, metavar="SEC",
+                   help="full rescan interval, a safety net for missed events (default 30)")
 
     s = sub.add_parser("hooks", help="install or remove specexec's git hooks")
     s.add_argument("action", choices=("install", "uninstall"))
@@ -189,7 +191,8 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911, C901
         from specexec.commands.watch import watch
 
         return watch(args.dir, jobs=args.jobs, polling=args.polling,
-                     allow_commands=args.allow_commands, grace_s=args.grace)
+                     allow_commands=args.allow_commands, grace_s=args.grace,
+                     rescan_s=args.rescan)
     if cmd == "hooks":
         from specexec.commands.hooks import hooks
 
@@ -223,7 +226,9 @@ def _crash_log(exc: BaseException) -> Path:
 
 
 def report_error(exc: SpecexecError) -> None:
-    if isinstance(exc, InvalidInput) and len(exc.problems) > 1:
+    # A summary ("…: 1 problem") must be followed by the problem itself, even when there
+    # is only one: the message alone would not name it.
+    if isinstance(exc, InvalidInput) and exc.problems != (str(exc),):
         print(f"specexec: error: {exc}", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)

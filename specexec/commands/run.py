@@ -197,9 +197,7 @@ def run(
     return EXIT_TASK_FAILED if (t["fail"] or t["blocked"] or t["pending"]) else EXIT_OK
 
 
-def prepare(
-    spec: Spec, opts: RunOptions, run_id: str, reporter: Reporter | None = None
-) -> SpecRun:
+def prepare(spec: Spec, opts: RunOptions, run_id: str, reporter: Reporter | None = None) -> SpecRun:
     """Everything a spec folder needs before its tasks start (run lock held)."""
     store = TasksStore(spec.dir)
     events = EventLog(spec.dir, run_id)

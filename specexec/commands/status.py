@@ -15,11 +15,15 @@ from specexec.spec import STATUSES, Spec
 
 
 def spec_status(spec: Spec) -> dict[str, Any]:
+    from specexec.daemon import read_refusal
+
     counts = Counter(t.status for t in spec.tasks)
     return {
         "spec": spec.name,
         "dir": str(spec.dir),
         "running": RunLock.holder(spec.dir),
+        # Why `specexec watch` will not run this folder (None: it may).
+        "refused": read_refusal(spec.dir),
         "tasks": [
             {
                 "id": t.id,
@@ -48,6 +52,12 @@ def status(spec_dirs: Sequence[str], *, as_json: bool = False) -> int:
             h = r["running"]
             head += f": running (pid {h.get('pid')} on {h.get('host')})"
         print(head)
+        if r["refused"]:
+            ref = r["refused"]
+            print(f"refused by specexec watch ({ref.get('time')}): {ref['reason']}")
+            for problem in ref.get("problems") or []:
+                if problem != ref["reason"]:
+                    print(f"  {problem}")
         rows = [
             [t["id"], t["status"], str(t["attempts"]), fmt.minutes(t["duration_minutes"]),
              fmt.shorten(t["blocker"] or "", 60)]
