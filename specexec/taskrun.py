@@ -13,12 +13,13 @@ from typing import Any
 
 from specexec import paths
 from specexec.errors import SpecexecError
+from specexec.pool import WorktreePool
 from specexec.presets import build_invocation
 from specexec.prompt import BlockerResult, MergedInput, ParallelContext, render_prompt
 from specexec.results import WorkerResult, parse_result
 from specexec.spec import Spec, Task, WorkerConfig
 from specexec.worker import ProcessOutcome, run_process, worker_env
-from specexec.workspace import Workspace, Worktree
+from specexec.workspace import Workspace, Worktree, checkout_patterns
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,7 @@ class AttemptContext:
     cancel: threading.Event
     registry_dir: Path
     grace_s: float = 5.0
+    pool: WorktreePool | None = None  # None: a fresh worktree per attempt (--no-pool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +64,9 @@ class AttemptOutcome:
 
 def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    # Task fields may hold lone surrogates (JSON allows "\ud800"): keep them visible as
+    # escapes rather than failing the task.
+    with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
         f.write(text)
 
 
@@ -92,7 +96,11 @@ def run_attempt(ctx: AttemptContext) -> AttemptOutcome:
     out = AttemptOutcome("fail")
     try:
         if ctx.workspace is not None:
-            wt = ctx.workspace.create_worktree(spec.name, task.id)
+            sparse = checkout_patterns(task)
+            if ctx.pool is not None:
+                wt = ctx.pool.acquire(spec.name, task.id, sparse=sparse)
+            else:
+                wt = ctx.workspace.create_worktree(spec.name, task.id, sparse=sparse)
         cwd = wt.path if wt is not None else ctx.cwd
         files = {
             k: ctx.run_dir / f"{task.id}.{k}"
@@ -234,22 +242,33 @@ def run_attempt(ctx: AttemptContext) -> AttemptOutcome:
 
 def _finish(ctx: AttemptContext, wt: Worktree | None, out: AttemptOutcome) -> AttemptOutcome:
     """Clean up the worktree: removed on pass, kept on failure for inspection (the next
-    attempt or `specexec gc` removes it), kept always with --keep-worktrees."""
+    attempt or `specexec gc` removes it), kept always with --keep-worktrees. A pooled
+    worktree goes back to the pool; on failure its state is committed to the task branch."""
     if wt is None or ctx.workspace is None:
         return out
     if out.status == "pass" and not ctx.keep_worktree:
         # The branch of a merged task is deleted by the executor once `pass` is on disk,
         # so a crash in between can still tell the task was merged.
-        ctx.workspace.remove_worktree(wt, delete_branch=out.commit is None)
+        if ctx.pool is not None:
+            ctx.pool.release(wt, delete_branch=out.commit is None)
+        else:
+            ctx.workspace.remove_worktree(wt, delete_branch=out.commit is None)
         return out
-    return replace(
-        out, branch=out.branch or wt.branch, extra={**out.extra, "worktree": str(wt.path)}
-    )
+    # A pooled worktree's state is committed to the (kept) task branch and the slot reused.
+    kept: Path | None = wt.path
+    if ctx.pool is not None:
+        kept = ctx.pool.keep_failed(
+            wt, f"{ctx.task.id}: state of failed attempt {ctx.attempt} (not merged)"
+        )
+    extra = {**out.extra, "worktree": str(kept)} if kept is not None else out.extra
+    return replace(out, branch=out.branch or wt.branch, extra=extra)
 
 
 def _cancelled(ctx: AttemptContext, wt: Worktree | None, out: AttemptOutcome) -> AttemptOutcome:
     # Interrupted work is thrown away: the task goes back to pending and starts afresh.
-    if wt is not None and ctx.workspace is not None:
+    if wt is not None and ctx.pool is not None:
+        ctx.pool.release(wt, delete_branch=True)
+    elif wt is not None and ctx.workspace is not None:
         ctx.workspace.remove_worktree(wt, delete_branch=True)
     return replace(out, status="cancelled", blocker="interrupted")
 

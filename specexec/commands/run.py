@@ -211,6 +211,11 @@ def prepare(spec: Spec, opts: RunOptions, run_id: str, reporter: Reporter | None
                 "(or use --isolation none for tasks that change nothing)"
             )
         ws = Workspace(root)
+    # Everything that can refuse the run comes before the first write: invalid input
+    # must change nothing.
+    _workers(spec, opts)
+    if ws is not None:
+        ws.ensure_integration_branch(spec.name, spec.base_ref)
     for note in recover(spec, store, events, ws):
         if reporter is not None:
             reporter.event("notice", message=f"recovered {spec.name}/{note}")
@@ -220,8 +225,6 @@ def prepare(spec: Spec, opts: RunOptions, run_id: str, reporter: Reporter | None
         reset_tasks(store, events, failed=True)
     spec = load_spec(spec.dir)[0]  # the state after recovery and reset
     workers = _workers(spec, opts)
-    if ws is not None:
-        ws.ensure_integration_branch(spec.name, spec.base_ref)
     plan = planner.make_plan(spec.tasks, opts.jobs)
     store.update(top={"execution_strategy": planner.execution_strategy(plan)})
     run_dir = spec.runtime_dir / "runs" / run_id
