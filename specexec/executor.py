@@ -290,7 +290,7 @@ class Executor:
                     attempt=attempt + 1,
                     reason=outcome.blocker or "failed",
                 )
-        except BaseException as e:  # noqa: BLE001 - a thread must always report back
+        except BaseException as e:
             outcome = taskrun.AttemptOutcome(
                 "fail", f"internal error: {type(e).__name__}: {e}", retryable=False
             )

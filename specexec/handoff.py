@@ -39,7 +39,9 @@ def merge_data(config: MergeConfig, lists: Sequence[Sequence[Any]]) -> list[Any]
     if config.strategy == "union":
         return list(items.values())
     if config.strategy == "intersection":
-        common = set.intersection(*({canonical(i) for i in lst} for lst in lists)) if lists else set()
+        common = (
+            set.intersection(*({canonical(i) for i in lst} for lst in lists)) if lists else set()
+        )
         return [v for k, v in items.items() if k in common]
     if config.strategy == "priority":
         ranked = sorted(items.values(), key=lambda i: _rank_key(i, config.key))
@@ -49,5 +51,7 @@ def merge_data(config: MergeConfig, lists: Sequence[Sequence[Any]]) -> list[Any]
     for lst in lists:
         for k in {canonical(i) for i in lst}:
             votes[k] += 1
-    kept = sorted((k for k, v in votes.items() if v >= config.min_votes), key=lambda k: (-votes[k], k))
+    kept = sorted(
+        (k for k, v in votes.items() if v >= config.min_votes), key=lambda k: (-votes[k], k)
+    )
     return [items[k] for k in kept]

@@ -72,19 +72,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("spec_dirs", nargs="+", metavar="SPEC_DIR")
     s.add_argument("--jobs", "-j", type=_positive_int, default=4)
     s.add_argument("--schedule", choices=("eager", "waves"), default="eager")
-    s.add_argument("--worker", help="worker preset or command for every task (overrides tasks.json)")
+    s.add_argument(
+        "--worker", help="worker preset or command for every task (overrides tasks.json)"
+    )
     s.add_argument("--retries", type=_non_negative_int, help="max retries per task")
-    s.add_argument("--timeout", type=_positive_float, metavar="MIN", help="timeout per attempt, minutes")
+    s.add_argument(
+        "--timeout", type=_positive_float, metavar="MIN", help="timeout per attempt, minutes"
+    )
     s.add_argument("--fail-fast", action="store_true", help="stop starting tasks after a failure")
-    s.add_argument("--strict-scope", action="store_true", help="changes outside relevant_files fail")
+    s.add_argument(
+        "--strict-scope", action="store_true", help="changes outside relevant_files fail"
+    )
     s.add_argument("--dry-run", action="store_true", help="show what would run, in order")
     s.add_argument("--keep-worktrees", action="store_true")
     s.add_argument("--json", action="store_true", help="one JSON event per line")
     s.add_argument("--wait", action="store_true", help="wait for another run of the spec to end")
     s.add_argument("--retry-failed", action="store_true", help="reset fail/blocked tasks first")
-    s.add_argument("--isolation", choices=("worktree", "none"), help="override every task's isolation")
-    s.add_argument("--clean-ignored", action="store_true", help="pooled worktrees: remove ignored files too")
-    s.add_argument("--no-pool", action="store_true", help="fresh worktree per task instead of the pool")
+    s.add_argument(
+        "--isolation", choices=("worktree", "none"), help="override every task's isolation"
+    )
+    s.add_argument(
+        "--clean-ignored", action="store_true", help="pooled worktrees: remove ignored files too"
+    )
+    s.add_argument(
+        "--no-pool", action="store_true", help="fresh worktree per task instead of the pool"
+    )
     s.add_argument("--allow-commands", action="store_true", help=argparse.SUPPRESS)
 
     s = sub.add_parser("status", help="show the state of each task")
@@ -105,17 +117,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir")
     s.add_argument("--jobs", "-j", type=_positive_int, default=4)
     s.add_argument("--polling", action="store_true", help="poll instead of native file events")
-    s.add_argument("--allow-commands", action="store_true",
-                   help="run tasks' own shell commands from dropped spec folders")
-    s.add_argument("--grace", type=_positive_float, default=10.0, metavar="SEC",
-                   help="on SIGTERM, seconds running tasks get to finish (default 10)")
-    s.add_argument("--rescan", type=_positive_float, metavar="SEC",
-                   help="full rescan interval, a safety net for missed events (default 30)")
+    s.add_argument(
+        "--allow-commands",
+        action="store_true",
+        help="run tasks' own shell commands from dropped spec folders",
+    )
+    s.add_argument(
+        "--grace",
+        type=_positive_float,
+        default=10.0,
+        metavar="SEC",
+        help="on SIGTERM, seconds running tasks get to finish (default 10)",
+    )
+    s.add_argument(
+        "--rescan",
+        type=_positive_float,
+        metavar="SEC",
+        help="full rescan interval, a safety net for missed events (default 30)",
+    )
 
     s = sub.add_parser("hooks", help="install or remove specexec's git hooks")
     s.add_argument("action", choices=("install", "uninstall"))
-    s.add_argument("--hook", action="append", dest="hooks", metavar="TYPE",
-                   help="only this hook type (repeatable)")
+    s.add_argument(
+        "--hook",
+        action="append",
+        dest="hooks",
+        metavar="TYPE",
+        help="only this hook type (repeatable)",
+    )
     s.add_argument("--repo", default=".", help="repository (default: current directory)")
 
     s = sub.add_parser("hook-run", help=argparse.SUPPRESS)  # what installed hooks call
@@ -133,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911, C901
+def _dispatch(args: argparse.Namespace) -> int:
     cmd = args.command
     if cmd == "init":
         from specexec.commands.init import init, list_templates
@@ -190,9 +219,14 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911, C901
     if cmd == "watch":
         from specexec.commands.watch import watch
 
-        return watch(args.dir, jobs=args.jobs, polling=args.polling,
-                     allow_commands=args.allow_commands, grace_s=args.grace,
-                     rescan_s=args.rescan)
+        return watch(
+            args.dir,
+            jobs=args.jobs,
+            polling=args.polling,
+            allow_commands=args.allow_commands,
+            grace_s=args.grace,
+            rescan_s=args.rescan,
+        )
     if cmd == "hooks":
         from specexec.commands.hooks import hooks
 
@@ -250,10 +284,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `specexec status | head`: the reader left; nothing is wrong.
         sys.stderr.close()
         return 0
-    except Exception as e:  # noqa: BLE001 - the one place that turns crashes into exit 3
+    except Exception as e:
         path = _crash_log(e)
-        print(f"specexec: internal error: {type(e).__name__}: {e} (traceback in {path})",
-              file=sys.stderr)
+        print(
+            f"specexec: internal error: {type(e).__name__}: {e} (traceback in {path})",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL
 
 

@@ -19,6 +19,7 @@ from specexec import jsonio, paths, planner
 from specexec.errors import InvalidInput, UnsafePath
 from specexec.spec import (
     CONTEXT_FILE,
+    PROMPT_OVERRIDE,
     TASKS_FILE,
     MergeConfig,
     Spec,
@@ -27,6 +28,9 @@ from specexec.spec import (
 )
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# About two years. Larger durations are mistakes, and 1e308 minutes summed over a plan
+# would overflow to infinity (which cannot be printed as hours and minutes).
+MAX_MINUTES = 1_000_000
 _ID_RE = re.compile(ID_PATTERN)
 
 
@@ -64,7 +68,7 @@ class MergeModel(_Open):
 
 
 class DefaultsModel(_Open):
-    timeout_minutes: Annotated[float, Field(gt=0)] = 30.0
+    timeout_minutes: Annotated[float, Field(gt=0, le=MAX_MINUTES)] = 30.0
     max_retries: Annotated[int, Field(ge=0, le=100)] = 1
     verify: str | None = None
 
@@ -77,14 +81,14 @@ class TaskModel(_Open):
         default_factory=list, description="Repo-relative files, directories (trailing /) and globs."
     )
     parallelization: ParallelizationModel = Field(default_factory=ParallelizationModel)
-    estimated_minutes: Annotated[float, Field(ge=0)] | None = None
-    duration_minutes: Annotated[float, Field(ge=0)] | None = None
+    estimated_minutes: Annotated[float, Field(ge=0, le=MAX_MINUTES)] | None = None
+    duration_minutes: Annotated[float, Field(ge=0, le=MAX_MINUTES)] | None = None
     command: str | None = Field(None, description="The shell command of the `shell` worker.")
     verify: str | None = Field(
         None, description="Run in the worktree after the worker; non-zero fails."
     )
     worker: WorkerField | None = None
-    timeout_minutes: Annotated[float, Field(gt=0)] | None = None
+    timeout_minutes: Annotated[float, Field(gt=0, le=MAX_MINUTES)] | None = None
     max_retries: Annotated[int, Field(ge=0, le=100)] | None = None
     attempts: Annotated[int, Field(ge=0)] = 0
     isolation: Literal["worktree", "none"] = "worktree"
@@ -192,9 +196,52 @@ class _Problems:
         self.warnings.append(f"{self.where(task, field)}: {what}")
 
 
+# Strings from the file are printed in messages: cut long ones, and escape what a
+# terminal would interpret (escape sequences, bidi overrides) or not show.
+_SHOWN_MAX = 80
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _SHOWN_MAX else text[: _SHOWN_MAX - 1] + "\u2026"
+
+
+def _repr(value: str) -> str:
+    """``repr(value)``, cut to a readable length."""
+    return _cut(repr(value))
+
+
+def _plain(value: str) -> str:
+    """``value`` as-is when printable, else its escaped form; cut to a readable length."""
+    return _cut(value if value.isprintable() else repr(value)[1:-1])
+
+
+# A lone surrogate comes from an invalid \u escape in the file. It cannot be encoded for
+# the OS, so it can be neither a path nor a command (nor an argument of one).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_unicode(probs: _Problems, label: str | None, field: str, value: Any) -> None:
+    values = value if isinstance(value, list | tuple) else [value]
+    for v in values:
+        if isinstance(v, str) and _SURROGATE.search(v):
+            probs.error(
+                label, field, f"{_repr(v)} contains a lone surrogate (an invalid \\u escape)"
+            )
+            return
+
+
+def _check_worker_unicode(probs: _Problems, label: str | None, w: WorkerModel | str | None) -> None:
+    if isinstance(w, WorkerModel):
+        _check_unicode(probs, label, "worker.preset", w.preset)
+        _check_unicode(probs, label, "worker.command", w.command)
+        _check_unicode(probs, label, "worker.args", w.args)
+    else:
+        _check_unicode(probs, label, "worker", w)
+
+
 def _task_label(raw_task: Any, index: int) -> str:
     if isinstance(raw_task, dict) and isinstance(raw_task.get("id"), str) and raw_task["id"]:
-        return raw_task["id"]
+        return _plain(raw_task["id"])
     return f"#{index + 1}"
 
 
@@ -212,9 +259,13 @@ def _check_path(
     probs: _Problems, label: str, field: str, pattern: str, root: Path | None
 ) -> str | None:
     """Normalise one relevant_files entry, or record why it is unsafe."""
+    if _SURROGATE.search(pattern):
+        _check_unicode(probs, label, field, pattern)
+        return None
     problem = paths.path_problem(pattern)
     if problem:
-        probs.error(label, field, f"{pattern!r}: {problem}")
+        shown = _repr(pattern)
+        probs.error(label, field, f"{shown}: {problem.replace(repr(pattern), shown)}")
         return None
     if root is None:
         return pattern
@@ -222,7 +273,7 @@ def _check_path(
     real_root = os.path.realpath(root)
     target = os.path.realpath(os.path.join(root, prefix)) if prefix else real_root
     if target != real_root and not target.startswith(real_root + os.sep):
-        probs.error(label, field, f"{pattern!r}: escapes the repository through a symlink")
+        probs.error(label, field, f"{_repr(pattern)}: escapes the repository through a symlink")
         return None
     if not pattern.endswith("/") and not paths.is_glob(pattern) and os.path.isdir(root / pattern):
         return pattern + "/"
@@ -274,23 +325,23 @@ def validate_document(
     if top_model is not None and top_model.spec is not None:
         spec_name = top_model.spec
     if (p := id_problem(spec_name)) is not None:
-        probs.error(None, "spec", f"{spec_name!r} {p} (it names the branch specexec/<spec>)")
+        probs.error(None, "spec", f"{_repr(spec_name)} {p} (it names the branch specexec/<spec>)")
 
     # Ids: invalid, duplicate, colliding by case.
     seen: dict[str, str] = {}
     for label, m, _ in models:
         if (p := id_problem(m.id)) is not None:
-            probs.error(label, "id", f"{m.id!r} {p}")
+            probs.error(label, "id", f"{_repr(m.id)} {p}")
         folded = m.id.casefold()
         if folded in seen:
             other = seen[folded]
             if other == m.id:
-                probs.error(label, "id", f'duplicate id "{m.id}"')
+                probs.error(label, "id", f'duplicate id "{_plain(m.id)}"')
             else:
                 probs.error(
                     label,
                     "id",
-                    f'"{m.id}" differs from "{other}" only in letter case '
+                    f'"{_plain(m.id)}" differs from "{_plain(other)}" only in letter case '
                     "(they collide as branch names and paths)",
                 )
         else:
@@ -305,12 +356,19 @@ def validate_document(
                     label, "parallelization.blocked_by", "a task cannot be blocked by itself"
                 )
             elif b not in ids:
-                probs.error(label, "parallelization.blocked_by", f'unknown task "{b}"')
+                probs.error(label, "parallelization.blocked_by", f'unknown task "{_plain(b)}"')
 
     defaults = top_model.defaults if top_model else DefaultsModel()
     spec_worker = worker_config(top_model.worker) if top_model else None
+    if top_model is not None:
+        _check_unicode(probs, None, "base_ref", top_model.base_ref)
+        _check_unicode(probs, None, "defaults.verify", defaults.verify)
+        _check_worker_unicode(probs, None, top_model.worker)
     tasks: list[Task] = []
     for label, m, rt in models:
+        _check_unicode(probs, label, "command", m.command)
+        _check_unicode(probs, label, "verify", m.verify)
+        _check_worker_unicode(probs, label, m.worker)
         rel: list[str] = []
         for j, pattern in enumerate(m.relevant_files):
             norm = _check_path(probs, label, f"relevant_files[{j}]", pattern, repo_root)
@@ -387,7 +445,31 @@ def load_context(spec_dir: Path) -> dict[str, Any]:
     glob = doc.get("global", {})
     if not isinstance(glob, dict):
         raise InvalidInput(f"{path}: field global: must be an object (got {type(glob).__name__})")
+    if (where := _surrogate_at(doc)) is not None:
+        # The context goes into every prompt, which is written as UTF-8.
+        raise InvalidInput(
+            f"{path}: field {where}: contains a lone surrogate (an invalid \\u escape)"
+        )
     return doc
+
+
+def _surrogate_at(doc: Any) -> str | None:
+    """Where (``global.tech_stack[1]``) the first key or string with a lone surrogate is."""
+    stack: list[tuple[str, Any]] = [("", doc)]
+    while stack:  # iterative: the document may be nested up to jsonio.MAX_DEPTH
+        where, value = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                return where or "(document)"
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                name = f"{where}.{_plain(key)}" if where else _plain(key)
+                if _SURROGATE.search(key):
+                    return name
+                stack.append((name, item))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", item) for i, item in enumerate(value))
+    return None
 
 
 def resolve_spec_dir(spec_dir: str | Path) -> Path:
@@ -410,6 +492,12 @@ def load_spec(spec_dir: str | Path) -> tuple[Spec, list[str]]:
         real_root, real_dir = os.path.realpath(root), os.path.realpath(d)
         if real_dir != real_root and not real_dir.startswith(real_root + os.sep):
             raise UnsafePath(f"{d}: the spec folder is a symlink leading out of its repository")
+    if os.path.lexists(d / PROMPT_OVERRIDE):
+        # A template override that is a link out of the folder (or not a file) makes the
+        # whole spec folder invalid up front, instead of failing every task at run time.
+        from specexec.prompt import template_path  # jinja2 is only needed when there is one
+
+        template_path(d)
     raw = jsonio.load_file(d / TASKS_FILE)
     context = load_context(d)
     return validate_document(raw, file=d / TASKS_FILE, repo_root=root, context=context)

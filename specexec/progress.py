@@ -118,8 +118,9 @@ class LiveReporter:
         self.done = 0
         self.started = time.monotonic()
         self._lock = threading.Lock()
-        self.live = Live(console=self.console, refresh_per_second=4, transient=True,
-                         get_renderable=self._render)
+        self.live = Live(
+            console=self.console, refresh_per_second=4, transient=True, get_renderable=self._render
+        )
         self.live.start()
 
     def _render(self) -> Any:
@@ -158,8 +159,10 @@ class LiveReporter:
                 self.running.pop(who, None)
         line = describe(kind, fields)
         if line is not None and kind != "task_started":
-            style = {"task_finished": "green" if fields.get("status") == "pass" else "red",
-                     "task_blocked": "yellow"}.get(kind, "")
+            style = {
+                "task_finished": "green" if fields.get("status") == "pass" else "red",
+                "task_blocked": "yellow",
+            }.get(kind, "")
             self.console.print(line, style=style, markup=False)
 
     def close(self) -> None:

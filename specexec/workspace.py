@@ -4,8 +4,10 @@ Layout, all inside the repository's git common dir so that it never shows up in 
 user's ``git status``::
 
     <common>/specexec/git.lock                        the repository lock (never deleted)
-    <common>/specexec/worktrees/<spec>/<task>         a task's worktree
+    <common>/specexec/worktrees/<spec>/<task>         a task's fresh worktree (``--no-pool``)
     <common>/specexec/worktrees/<spec>/<task>.owner   {"pid", "start_time", "host"}
+    <common>/specexec/pool/<n>                        a pooled worktree (``specexec.pool``)
+    <common>/specexec/pool/<n>.owner                  its owner while in use, + the task
 
 Refs: integration branch ``specexec/<spec>``; task branch ``specexec/<spec>@<task>``
 (``specexec/<spec>/<task>`` cannot exist next to ``specexec/<spec>``: a ref cannot be a
@@ -26,6 +28,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +40,7 @@ import psutil
 
 from specexec.errors import Busy, GitError, InvalidInput
 from specexec.git import ZERO_SHA, GitResult, run
+from specexec.spec import Task
 
 LOCK_TIMEOUT = 300.0  # seconds; git metadata operations take milliseconds
 BASES = "refs/specexec/bases"
@@ -45,6 +49,8 @@ _PART = r"([A-Za-z0-9][A-Za-z0-9._-]*)"
 _TASK_REF = re.compile(rf"refs/heads/specexec/{_PART}@{_PART}")
 _BASE_REF = re.compile(rf"refs/specexec/bases/{_PART}/{_PART}")
 _INTEGRATION_REF = re.compile(rf"refs/heads/specexec/{_PART}")
+# The reflog message of `git stash` / `git stash push -m`: "WIP on <branch>: ..." / "On <branch>: ...".
+_STASH_MSG = re.compile(r"(?:WIP on|On) (.+?): ")
 _FALLBACK_NAME = "specexec"
 _FALLBACK_EMAIL = "specexec@localhost"
 
@@ -196,28 +202,46 @@ def owner_alive(owner: Owner) -> bool:
     return not zombie and abs(started - owner.start_time) < 1.0
 
 
-def _write_owner(worktree_path: Path) -> None:
+def read_marker(worktree_path: Path) -> dict[str, Any] | None:
+    """The whole owner record beside a worktree (the pool keeps its task there too)."""
+    try:
+        raw: Any = json.loads(_owner_file(worktree_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
+def _write_owner(worktree_path: Path, extra: Mapping[str, Any] | None = None) -> None:
+    """Record this process as the owner (atomically: a crash leaves the old record)."""
     me = _this_process()
     target = _owner_file(worktree_path)
     tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(
-        json.dumps({"pid": me.pid, "start_time": me.start_time, "host": me.host}) + "\n",
-        encoding="utf-8",
-    )
+    doc = {**(extra or {}), "pid": me.pid, "start_time": me.start_time, "host": me.host}
+    tmp.write_text(json.dumps(doc) + "\n", encoding="utf-8")
     os.replace(tmp, target)
 
 
 # --- files ---------------------------------------------------------------------------
 
 
-def _make_writable(top: Path) -> None:
+def _add_mode(path: str | bytes | Path, bits: int) -> None:
+    mode = os.lstat(path).st_mode
+    if mode & bits != bits and not stat.S_ISLNK(mode):
+        os.chmod(path, stat.S_IMODE(mode) | bits)
+
+
+def _make_writable(top: Path, *, files: bool = False) -> None:
+    """Give the owner rwx on every directory under ``top`` (and rw on files if asked)."""
     # Top-down, so each directory is opened up before os.walk enters it.
-    os.chmod(top, 0o700)
-    for root, dirs, _files in os.walk(top):
+    _add_mode(top, 0o700)
+    for root, dirs, names in os.walk(top):
         for d in dirs:
-            p = os.path.join(root, d)
-            if not os.path.islink(p):
-                os.chmod(p, 0o700)
+            with contextlib.suppress(FileNotFoundError):
+                _add_mode(os.path.join(root, d), 0o700)
+        if files:
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    _add_mode(os.path.join(root, name), 0o600)
 
 
 def _rmtree(path: Path) -> None:
@@ -270,6 +294,7 @@ class Workspace:
         self.root = Path(lines[3]).resolve()
         self.data_dir = self.common_dir / "specexec"
         self.worktrees_dir = self.data_dir / "worktrees"
+        self.pool_dir = self.data_dir / "pool"
         self._lock = _repo_lock(self.common_dir)
         self._identity: dict[str, str] | None = None
 
@@ -290,6 +315,8 @@ class Workspace:
     @staticmethod
     def _wt_git(admin: Path, wt_path: Path, *args: str, **kw: Any) -> GitResult:
         # Explicit --git-dir/--work-tree: a worker may have rewritten the worktree's .git.
+        if is_sparse(admin):
+            args = (*SPARSE_OPTIONS, *args)
         return run(args, cwd=wt_path, git_dir=admin, work_tree=wt_path, **kw)
 
     def _resolve(self, *names: str) -> list[str | None]:
@@ -368,9 +395,29 @@ class Workspace:
         return found
 
     def _checked_out(self) -> set[str]:
-        """Refs checked out (or being rebased/bisected) in any worktree."""
-        res = self._git("worktree", "list", "--porcelain", "-z")
-        return {f[len("branch ") :] for f in res.fields() if f.startswith("branch ")}
+        """Branches checked out, or being rebased or bisected, in any worktree.
+
+        Read from the files git itself reads for this (HEAD, rebase-*/head-name,
+        BISECT_START): no git call, since it runs several times per task. A pool slot
+        that no live process owns does not count: whoever takes it next switches it to
+        another branch before anything else.
+        """
+        busy = _branches_in(self.common_dir)
+        with contextlib.suppress(FileNotFoundError):
+            for admin in (self.common_dir / "worktrees").iterdir():
+                try:
+                    path = Path((admin / "gitdir").read_text(encoding="utf-8").strip()).parent
+                except OSError:
+                    continue
+                if not self._idle_slot(path):
+                    busy |= _branches_in(admin)
+        return busy
+
+    def _idle_slot(self, path: Path) -> bool:
+        if path.parent != self.pool_dir:
+            return False
+        owner = read_owner(path)
+        return owner is None or not owner_alive(owner)
 
     def worktree_path(self, spec: str, task_id: str) -> Path:
         return self.worktrees_dir / check_name("spec", spec) / check_name("task id", task_id)
@@ -403,40 +450,68 @@ class Workspace:
 
     # -- worktrees --
 
-    def create_worktree(self, spec: str, task_id: str) -> Worktree:
-        """A new worktree on ``specexec/<spec>@<task>`` from the integration tip."""
-        branch = task_branch(spec, task_id)
-        integration = integration_branch(spec)
+    def create_worktree(
+        self, spec: str, task_id: str, *, sparse: Sequence[str] | None = None
+    ) -> Worktree:
+        """A new worktree on ``specexec/<spec>@<task>`` from the integration tip.
+
+        ``sparse``: check out only what these patterns name (see ``checkout_patterns``);
+        None checks out every file.
+        """
         path = self.worktree_path(spec, task_id)
         with self._lock.hold():
-            (base,) = self._resolve(_heads(integration))
-            if base is None:
-                raise GitError(
-                    f"integration branch {integration} does not exist in {self.root} "
-                    "(call ensure_integration_branch first)"
-                )
+            base = self._integration_tip(spec)
             self._clear_stale(path)
             path.parent.mkdir(parents=True, exist_ok=True)
             # The owner marker comes first so that gc never sees an ownerless new worktree.
-            _write_owner(path)
+            _write_owner(path, self.task_record(spec, task_id, base))
             try:
+                branch = self._start_task_branch(spec, task_id, base)
                 # --no-checkout: the checkout is the slow part and is done below, unlocked.
-                self._git(
-                    "worktree", "add", "-q", "--no-checkout", "--no-track",
-                    "-B", branch, str(path), base,
-                )  # fmt: skip
-                self._git("update-ref", _base_ref(spec, task_id), base)
+                self._git("worktree", "add", "-q", "--no-checkout", "--detach", str(path), base)
                 admin = self._wt_admin(path)
+                _set_head(admin, _heads(branch))
             except GitError:
                 self._drop(path)
                 raise
         wt = Worktree(path=path, branch=branch, base=base, spec=spec, task_id=task_id)
         try:
-            self._wt_git(admin, path, "read-tree", "--reset", "-u", "HEAD")
+            self._checkout(admin, path, sparse)
         except BaseException:
             self.remove_worktree(wt, delete_branch=True)
             raise
         return wt
+
+    def _integration_tip(self, spec: str) -> str:
+        integration = integration_branch(spec)
+        (base,) = self._resolve(_heads(integration))
+        if base is None:
+            raise GitError(
+                f"integration branch {integration} does not exist in {self.root} "
+                "(call ensure_integration_branch first)"
+            )
+        return base
+
+    def _start_task_branch(self, spec: str, task_id: str, base: str) -> str:
+        """Point the task's branch and base ref at ``base`` (lock held); the branch name.
+
+        Refused while the branch is checked out somewhere (say, the user inspects a
+        failed task there): moving it would leave that worktree behind its HEAD.
+        """
+        branch = task_branch(spec, task_id)
+        if _heads(branch) in self._checked_out():
+            raise GitError(
+                f"branch {branch} is checked out in a worktree of {self.root}; "
+                "switch that worktree to another branch to run the task again"
+            )
+        lines = f"update {_heads(branch)} {base}\nupdate {_base_ref(spec, task_id)} {base}\n"
+        self._git("update-ref", "-m", "specexec: start task", "--stdin", input=lines.encode())
+        return branch
+
+    def _checkout(self, admin: Path, path: Path, sparse: Sequence[str] | None) -> None:
+        """Make index and files match HEAD (only what ``sparse`` names, if given)."""
+        set_sparse(admin, sparse)
+        self._wt_git(admin, path, *PARALLEL_CHECKOUT, "read-tree", "--reset", "-u", "HEAD")
 
     def _clear_stale(self, path: Path) -> None:
         """Remove a dead run's worktree at ``path``; refuse one a live process owns."""
@@ -450,8 +525,9 @@ class Workspace:
 
     def _drop(self, path: Path) -> None:
         """Delete a worktree's files, its admin dir and its marker (lock held)."""
-        _rmtree(path)
         admin = self._admin_dir(path)
+        self.drop_task_stashes(path, admin)
+        _rmtree(path)
         if admin is not None:
             _rmtree(admin)
         owner_file = _owner_file(path)
@@ -499,6 +575,97 @@ class Workspace:
             self._git("update-ref", "--stdin", input="".join(lines).encode())
         return deleted
 
+    # -- stashes --
+    # refs/stash is shared by every worktree: a worker's `git stash` lands in the user's
+    # stash list. The owner record of a task's worktree keeps the stash entries that
+    # existed when the task started; entries the task added are dropped when its
+    # worktree is released, removed or reclaimed from a dead run.
+
+    def task_record(self, spec: str, task_id: str, base: str) -> dict[str, Any]:
+        """What the owner marker of a task's worktree records besides the owner."""
+        return {
+            "spec": spec,
+            "task": task_id,
+            "branch": task_branch(spec, task_id),
+            "base": base,
+            "stash": [sha for sha, _msg in self._stash_log()],
+        }
+
+    def _stash_log(self) -> list[tuple[str, str]]:
+        """(stash commit, message) of ``stash@{n}``, newest first; read without git."""
+        try:
+            data = (self.common_dir / "logs" / "refs" / "stash").read_bytes()
+        except OSError:
+            return []
+        out: list[tuple[str, str]] = []
+        for line in os.fsdecode(data).splitlines():
+            head, _, msg = line.partition("\t")
+            fields = head.split(" ", 2)
+            if len(fields) >= 2:
+                out.append((fields[1], msg))
+        out.reverse()
+        return out
+
+    def drop_task_stashes(self, path: Path, admin: Path | None) -> list[str]:
+        """Drop the stash entries the task of the worktree at ``path`` made (lock held).
+
+        An entry is the task's if it is new since the task started and was made on the
+        task's branch, or on a detached HEAD at a commit of the worktree's history where
+        no worktree outside specexec stands detached. The dropped shas.
+        """
+        record = read_marker(path)
+        if record is None or not isinstance(record.get("stash"), list):
+            return []
+        before = {str(s) for s in record["stash"]}
+        branch = str(record.get("branch", ""))
+        entries = self._stash_log()
+        fresh = [(sha, m) for sha, msg in entries
+                 if sha not in before and (m := _STASH_MSG.match(msg)) is not None]  # fmt: skip
+        if not fresh:
+            return []
+        outside: set[str] | None = None
+        head: str | None = None
+        drop: list[str] = []
+        for sha, m in fresh:
+            if m[1] == branch:
+                drop.append(sha)
+            elif m[1] == "(no branch)" and admin is not None:
+                if outside is None:
+                    outside = self._heads_outside()
+                    res = run(["rev-parse", "-q", "--verify", "HEAD"], cwd=self.root,
+                              git_dir=admin, ok=(0, 1))  # fmt: skip
+                    head = res.text or None
+                parent = self._verify(f"{sha}^1")
+                if (
+                    parent is not None
+                    and head is not None
+                    and parent not in outside
+                    and self._is_ancestor(parent, head)
+                ):
+                    drop.append(sha)
+        for sha in drop:
+            # Found again by sha: the user may stash or drop meanwhile (git takes no lock of ours).
+            now = [s for s, _msg in self._stash_log()]
+            if sha in now:
+                self._git("stash", "drop", "-q", f"stash@{{{now.index(sha)}}}")
+        return drop
+
+    def _heads_outside(self) -> set[str]:
+        """Where the worktrees outside specexec stand with a detached HEAD (a user's
+        stash made there says "(no branch)" too)."""
+        res = self._git("worktree", "list", "--porcelain", "-z")
+        heads: set[str] = set()
+        path: Path | None = None
+        head = ""
+        for f in [*res.fields(), "worktree "]:
+            if f.startswith("worktree "):
+                path, head = Path(f[len("worktree ") :]), ""
+            elif f.startswith("HEAD "):
+                head = f[len("HEAD ") :]
+            elif f == "detached" and path is not None and self.data_dir not in path.parents:
+                heads.add(head)
+        return heads
+
     # -- a worktree's changes --
 
     def changed_files(self, wt: Worktree) -> list[str]:
@@ -517,7 +684,8 @@ class Workspace:
         admin = self._wt_admin(wt.path)
         # Left by a worker killed in the middle of a git command; the worker is gone now.
         (admin / "index.lock").unlink(missing_ok=True)
-        self._wt_git(admin, wt.path, "add", "-A")
+        # --sparse: files a worker made outside a sparse checkout are its changes too.
+        self._wt_git(admin, wt.path, "add", "-A", *(("--sparse",) if is_sparse(admin) else ()))
         tree = self._wt_git(admin, wt.path, "write-tree").text
         query = f"{wt.base}^{{tree}}\nHEAD^{{commit}}\nHEAD^{{tree}}\n".encode()
         res = self._wt_git(admin, wt.path, "cat-file", "--batch-check=%(objectname)", input=query)
@@ -532,11 +700,12 @@ class Workspace:
         else:
             new = self._commit_tree(tree, (head or wt.base,), message)
         ref = _heads(wt.branch)
-        sym = self._wt_git(admin, wt.path, "symbolic-ref", "-q", "HEAD", ok=(0, 1)).text
+        head_file = _read(admin / "HEAD")
+        sym = head_file[len("ref: ") :] if head_file.startswith("ref: ") else ""
         if sym != ref or new != head:
             with self._lock.hold():
                 if sym != ref:  # the worker switched branches: bring HEAD back
-                    self._wt_git(admin, wt.path, "symbolic-ref", "HEAD", ref)
+                    _set_head(admin, ref)
                 self._git("update-ref", "-m", f"specexec: {message}", ref, new)
         return new
 
@@ -686,6 +855,95 @@ class Workspace:
             sha, _, ref = line.partition(" ")
             out[ref] = sha
         return out
+
+
+# --- sparse checkouts ---------------------------------------------------------------------
+# Done with plumbing (read-tree + the worktree's own info/sparse-checkout) rather than
+# `git sparse-checkout set`, which would switch on extensions.worktreeConfig in the
+# user's shared .git/config. The skip-worktree bits it leaves in the index keep the
+# worker's own `git status` quiet about the files that are not there.
+
+SPARSE_OPTIONS: tuple[str, ...] = (
+    "-c", "core.sparseCheckout=true",
+    "-c", "core.sparseCheckoutCone=false",
+)  # fmt: skip
+PARALLEL_CHECKOUT: tuple[str, ...] = ("-c", "checkout.workers=0")  # one per core (git >= 2.32)
+
+
+def checkout_patterns(task: Task) -> tuple[str, ...] | None:
+    """The sparse-checkout patterns of a ``checkout: sparse`` task, None for a full one.
+
+    Its ``relevant_files`` and ``sparse_paths``, anchored at the top: ``src/`` is the
+    directory and everything in it, ``src/*.py`` the matching files (``*`` never
+    crosses ``/``), ``src/**`` everything beneath, as in ``relevant_files``.
+    """
+    if task.checkout != "sparse":
+        return None
+    out: dict[str, None] = {}
+    for p in (*task.relevant_files, *task.sparse_paths):
+        p = p.strip("/") + ("/" if p.endswith("/") else "")
+        if p and p != "/":
+            # A trailing space would be stripped from a gitignore-style pattern.
+            out["/" + (p[:-1] + "\\ " if p.endswith(" ") else p)] = None
+    return tuple(out)
+
+
+def sparse_file(admin: Path) -> Path:
+    return admin / "info" / "sparse-checkout"
+
+
+def is_sparse(admin: Path) -> bool:
+    return sparse_file(admin).is_file()
+
+
+def set_sparse(admin: Path, patterns: Sequence[str] | None) -> None:
+    """Make the worktree of ``admin`` sparse with ``patterns``, or full (None)."""
+    f = sparse_file(admin)
+    if patterns is None:
+        f.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            f.parent.rmdir()  # if empty: a fresh worktree has no info/
+        return
+    f.parent.mkdir(exist_ok=True)
+    f.write_text("".join(p + "\n" for p in patterns), encoding="utf-8")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="surrogateescape").strip()
+    except OSError:
+        return ""
+
+
+def _branches_in(git_dir: Path) -> set[str]:
+    """The branch refs one worktree (its git dir) holds, as git's find_shared_symref sees them."""
+    found: set[str] = set()
+    head = _read(git_dir / "HEAD")
+    if head.startswith("ref: "):
+        found.add(head[len("ref: ") :].strip())
+    for name in ("rebase-merge/head-name", "rebase-apply/head-name"):
+        ref = _read(git_dir / name)
+        if ref.startswith("refs/"):
+            found.add(ref)
+    bisect = _read(git_dir / "BISECT_START")
+    if bisect and not re.fullmatch(r"[0-9a-f]{40,64}", bisect):
+        found.add(_heads(bisect))
+    return found
+
+
+def _set_head(admin: Path, target: str) -> None:
+    """Point a worktree's HEAD at a ref (``refs/...``) or detach it at a sha.
+
+    Written the way git writes it (HEAD.lock, then rename) so that a git command in
+    that worktree sees the old or the new HEAD, never half of one.
+    """
+    text = f"ref: {target}\n" if target.startswith("refs/") else f"{target}\n"
+    lock = admin / "HEAD.lock"
+    lock.unlink(missing_ok=True)  # left by a killed worker: the worktree is ours now
+    fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(text)
+    os.replace(lock, admin / "HEAD")
 
 
 def _parse_merge_tree(stdout: bytes) -> tuple[str, tuple[str, ...]]:

@@ -22,9 +22,7 @@ PY = sys.executable
 
 def git(cwd: Path, *args: str, check: bool = True) -> str:
     """Run git in ``cwd`` and return its stdout (stripped)."""
-    proc = subprocess.run(
-        ["git", *args], cwd=cwd, capture_output=True, text=True, check=False
-    )
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"git {' '.join(args)} failed: {proc.stderr}")
     return proc.stdout.strip()
@@ -88,8 +86,13 @@ def read_tasks(spec_dir: Path) -> dict[str, dict[str, Any]]:
     return {t["id"]: t for t in doc["tasks"]}
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None,
-            timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m specexec ARGS`` as a real subprocess."""
     full_env = dict(os.environ)
     if env:

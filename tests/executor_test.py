@@ -52,17 +52,29 @@ def subjects(repo: Path, branch: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_dag_respects_blockers_conflicts_jobs_and_matches_the_plan(repo: Path, tmp_path: Path) -> None:
+def test_dag_respects_blockers_conflicts_jobs_and_matches_the_plan(
+    repo: Path, tmp_path: Path
+) -> None:
     log = tmp_path / "times.log"
     durations = {"A": 2.0, "B": 1.0, "C": 1.5, "D": 1.0, "E": 2.0, "F": 1.0, "G": 1.0}
     shape = {
-        "A": ([], ["a.txt"]), "B": ([], ["b.txt"]), "C": ([], ["shared.txt"]),
-        "D": (["B"], ["shared.txt"]), "E": (["A"], ["e.txt"]), "F": (["B", "C"], ["f.txt"]),
+        "A": ([], ["a.txt"]),
+        "B": ([], ["b.txt"]),
+        "C": ([], ["shared.txt"]),
+        "D": (["B"], ["shared.txt"]),
+        "E": (["A"], ["e.txt"]),
+        "F": (["B", "C"], ["f.txt"]),
         "G": (["E", "F"], ["g.txt"]),
     }
     tasks = [
-        task(t, blocked_by=deps, files=files, command=timed(log, durations[t]),
-             estimated_minutes=durations[t] / 60, isolation="none")
+        task(
+            t,
+            blocked_by=deps,
+            files=files,
+            command=timed(log, durations[t]),
+            estimated_minutes=durations[t] / 60,
+            isolation="none",
+        )
         for t, (deps, files) in shape.items()
     ]
     d = write_spec(repo / "specs" / "dag", tasks)
@@ -85,12 +97,28 @@ def test_dag_respects_blockers_conflicts_jobs_and_matches_the_plan(repo: Path, t
 @pytest.mark.slow
 def test_eager_beats_waves_on_a_barrier_dag(repo: Path, tmp_path: Path) -> None:
     def spec(name: str, log: Path) -> Path:
-        return write_spec(repo / "specs" / name, [
-            task("A", files=["a"], command=timed(log, 3.0), estimated_minutes=0.05, isolation="none"),
-            task("B", files=["b"], command=timed(log, 0.3), estimated_minutes=0.005, isolation="none"),
-            task("C", blocked_by=["A"], files=["c"], command=timed(log, 0.3), isolation="none"),
-            task("D", blocked_by=["B"], files=["d"], command=timed(log, 3.0), isolation="none"),
-        ])
+        return write_spec(
+            repo / "specs" / name,
+            [
+                task(
+                    "A",
+                    files=["a"],
+                    command=timed(log, 3.0),
+                    estimated_minutes=0.05,
+                    isolation="none",
+                ),
+                task(
+                    "B",
+                    files=["b"],
+                    command=timed(log, 0.3),
+                    estimated_minutes=0.005,
+                    isolation="none",
+                ),
+                task("C", blocked_by=["A"], files=["c"], command=timed(log, 0.3), isolation="none"),
+                task("D", blocked_by=["B"], files=["d"], command=timed(log, 3.0), isolation="none"),
+            ],
+        )
+
     took = {}
     for mode in ("eager", "waves"):
         log = tmp_path / f"{mode}.log"
@@ -103,12 +131,19 @@ def test_eager_beats_waves_on_a_barrier_dag(repo: Path, tmp_path: Path) -> None:
 
 
 def test_failure_blocks_dependents_then_retry_failed_finishes(repo: Path) -> None:
-    d = write_spec(repo / "specs" / "f", [
-        task("ok", files=["ok.txt"], command="echo ok > ok.txt"),
-        task("bad", files=["bad.txt"], command="echo oops >&2; exit 3", max_retries=0),
-        task("after", blocked_by=["bad"], files=["after.txt"], command="echo after > after.txt"),
-        task("later", blocked_by=["after"], files=["later.txt"], command="echo later > later.txt"),
-    ])
+    d = write_spec(
+        repo / "specs" / "f",
+        [
+            task("ok", files=["ok.txt"], command="echo ok > ok.txt"),
+            task("bad", files=["bad.txt"], command="echo oops >&2; exit 3", max_retries=0),
+            task(
+                "after", blocked_by=["bad"], files=["after.txt"], command="echo after > after.txt"
+            ),
+            task(
+                "later", blocked_by=["after"], files=["later.txt"], command="echo later > later.txt"
+            ),
+        ],
+    )
     proc = run_cli("run", str(d))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     tasks = read_tasks(d)
@@ -124,8 +159,11 @@ def test_failure_blocks_dependents_then_retry_failed_finishes(repo: Path) -> Non
     (d / "tasks.json").write_text(json.dumps(doc, indent=2) + "\n")
     proc = run_cli("run", str(d), "--retry-failed", "--json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    started = [json.loads(line)["task"] for line in proc.stdout.splitlines()
-               if json.loads(line)["event"] == "task_started"]
+    started = [
+        json.loads(line)["task"]
+        for line in proc.stdout.splitlines()
+        if json.loads(line)["event"] == "task_started"
+    ]
     assert sorted(started) == ["after", "bad", "later"]
     assert all(t["status"] == "pass" for t in read_tasks(d).values())
     subs = subjects(repo, "specexec/f")
@@ -138,10 +176,13 @@ def test_conflicting_changes_fail_without_losing_work(repo: Path) -> None:
     # merge conflicts; nothing is overwritten and its branch is kept.
     before = {p: (repo / p).read_bytes() for p in ("README.md",)}
     head = git(repo, "rev-parse", "HEAD")
-    d = write_spec(repo / "specs" / "c", [
-        task("one", files=["one"], command="echo one > README.md"),
-        task("two", files=["two"], command="echo two > README.md", max_retries=0),
-    ])
+    d = write_spec(
+        repo / "specs" / "c",
+        [
+            task("one", files=["one"], command="echo one > README.md"),
+            task("two", files=["two"], command="echo two > README.md", max_retries=0),
+        ],
+    )
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "spec")
     proc = run_cli("run", str(d), "--jobs", "2")
@@ -162,10 +203,17 @@ def test_conflicting_changes_fail_without_losing_work(repo: Path) -> None:
 
 
 def test_strict_scope_fails_changes_outside_relevant_files(repo: Path) -> None:
-    d = write_spec(repo / "specs" / "s", [
-        task("T1", files=["docs/"], command="mkdir -p docs src && echo a > docs/a && echo b > src/b",
-             max_retries=0),
-    ])
+    d = write_spec(
+        repo / "specs" / "s",
+        [
+            task(
+                "T1",
+                files=["docs/"],
+                command="mkdir -p docs src && echo a > docs/a && echo b > src/b",
+                max_retries=0,
+            ),
+        ],
+    )
     proc = run_cli("run", str(d), "--strict-scope")
     assert proc.returncode == 1
     t = read_tasks(d)["T1"]
@@ -174,13 +222,23 @@ def test_strict_scope_fails_changes_outside_relevant_files(repo: Path) -> None:
 
 
 def test_verify_failure_and_timeout_retry_with_longer_timeout(repo: Path) -> None:
-    d = write_spec(repo / "specs" / "v", [
-        task("V", files=["v"], command="echo v > v", verify="test -f nonexistent", max_retries=0),
-        # First attempt times out (0.02 min = 1.2 s); the retry gets 1.5x and the command
-        # (which only sleeps on the first attempt) passes.
-        task("T", files=["t"], timeout_minutes=0.02, max_retries=1,
-             command='if [ "$SPECEXEC_ATTEMPT" = 1 ]; then sleep 30; fi; echo t > t'),
-    ])
+    d = write_spec(
+        repo / "specs" / "v",
+        [
+            task(
+                "V", files=["v"], command="echo v > v", verify="test -f nonexistent", max_retries=0
+            ),
+            # First attempt times out (0.02 min = 1.2 s); the retry gets 1.5x and the command
+            # (which only sleeps on the first attempt) passes.
+            task(
+                "T",
+                files=["t"],
+                timeout_minutes=0.02,
+                max_retries=1,
+                command='if [ "$SPECEXEC_ATTEMPT" = 1 ]; then sleep 30; fi; echo t > t',
+            ),
+        ],
+    )
     proc = run_cli("run", str(d), "--json")
     tasks = read_tasks(d)
     assert tasks["V"]["status"] == "fail" and "verify failed" in tasks["V"]["blocker"]
@@ -191,8 +249,9 @@ def test_verify_failure_and_timeout_retry_with_longer_timeout(repo: Path) -> Non
 
 def test_second_run_is_busy(repo: Path) -> None:
     d = write_spec(repo / "specs" / "b", [task("T", files=["t"], command="sleep 30")])
-    first = subprocess.Popen([PY, "-m", "specexec", "run", str(d), "--json"],
-                             stdout=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [PY, "-m", "specexec", "run", str(d), "--json"], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert first.stdout is not None
         for line in first.stdout:  # wait until the first run really runs
@@ -209,15 +268,22 @@ def test_second_run_is_busy(repo: Path) -> None:
 
 
 def test_pipe_output_is_plain_and_json_is_json(repo: Path) -> None:
-    d = write_spec(repo / "specs" / "p", [
-        task("T1", files=["a"], command="printf '\\033[31mred\\n'; echo a > a"),
-        task("T2", blocked_by=["T1"], files=["b"], command="echo bad >&2; exit 1", max_retries=0),
-    ])
+    d = write_spec(
+        repo / "specs" / "p",
+        [
+            task("T1", files=["a"], command="printf '\\033[31mred\\n'; echo a > a"),
+            task(
+                "T2", blocked_by=["T1"], files=["b"], command="echo bad >&2; exit 1", max_retries=0
+            ),
+        ],
+    )
     proc = run_cli("run", str(d))
     assert proc.returncode == 1
     assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", proc.stdout), repr(proc.stdout)
     assert "pass   p/T1" in proc.stdout and "fail   p/T2" in proc.stdout
-    assert "speedup" in proc.stdout and "review: git log --oneline --graph specexec/p" in proc.stdout
+    assert (
+        "speedup" in proc.stdout and "review: git log --oneline --graph specexec/p" in proc.stdout
+    )
     run_cli("reset", str(d))
     proc = run_cli("run", str(d), "--json")
     events = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -227,11 +293,14 @@ def test_pipe_output_is_plain_and_json_is_json(repo: Path) -> None:
 
 
 def test_dry_run_changes_nothing_and_explains(repo: Path) -> None:
-    d = write_spec(repo / "specs" / "dry", [
-        task("T1", files=["x"], command="true"),
-        task("T2", blocked_by=["T1"], files=["y"], command="true"),
-        task("T3", files=["x"], command="true"),
-    ])
+    d = write_spec(
+        repo / "specs" / "dry",
+        [
+            task("T1", files=["x"], command="true"),
+            task("T2", blocked_by=["T1"], files=["y"], command="true"),
+            task("T3", files=["x"], command="true"),
+        ],
+    )
     before = (d / "tasks.json").read_bytes()
     proc = run_cli("run", str(d), "--dry-run", "--jobs", "1")
     assert proc.returncode == 0, proc.stderr
@@ -243,12 +312,20 @@ def test_dry_run_changes_nothing_and_explains(repo: Path) -> None:
 
 def test_merge_strategy_hands_blockers_data_to_the_task(repo: Path) -> None:
     emit = "printf '%s' '{}' > \"$SPECEXEC_RESULT_FILE\""
-    d = write_spec(repo / "specs" / "m", [
-        task("r1", files=["r1"], command=emit.format('{"status":"pass","data":["x","y"]}')),
-        task("r2", files=["r2"], command=emit.format('{"status":"pass","data":["y","z"]}')),
-        task("sum", blocked_by=["r1", "r2"], files=["out.json"], merge={"strategy": "intersection"},
-             command='cp "$SPECEXEC_INPUTS_FILE" out.json'),
-    ])
+    d = write_spec(
+        repo / "specs" / "m",
+        [
+            task("r1", files=["r1"], command=emit.format('{"status":"pass","data":["x","y"]}')),
+            task("r2", files=["r2"], command=emit.format('{"status":"pass","data":["y","z"]}')),
+            task(
+                "sum",
+                blocked_by=["r1", "r2"],
+                files=["out.json"],
+                merge={"strategy": "intersection"},
+                command='cp "$SPECEXEC_INPUTS_FILE" out.json',
+            ),
+        ],
+    )
     assert run_cli("run", str(d)).returncode == 0
     inputs = json.loads(git(repo, "show", "specexec/m:out.json"))
     assert inputs["merged"] == {"strategy": "intersection", "items": ["y"]}
@@ -260,8 +337,10 @@ def test_merge_strategy_hands_blockers_data_to_the_task(repo: Path) -> None:
 def test_fake_agent_cli_end_to_end(repo: Path, tmp_path: Path) -> None:
     fake = Path(__file__).parent / "fake_agents"
     d = write_spec(repo / "specs" / "agent", [task("T1", files=["src/"])], worker="claude")
-    env = {"PATH": f"{fake}{os.pathsep}{os.path.dirname(PY)}{os.pathsep}{os.environ['PATH']}",
-           "FAKE_AGENT_STATUS": "pass"}
+    env = {
+        "PATH": f"{fake}{os.pathsep}{os.path.dirname(PY)}{os.pathsep}{os.environ['PATH']}",
+        "FAKE_AGENT_STATUS": "pass",
+    }
     proc = run_cli("run", str(d), env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     t = read_tasks(d)["T1"]
@@ -273,10 +352,13 @@ def test_fake_agent_cli_end_to_end(repo: Path, tmp_path: Path) -> None:
 def test_two_specs_share_one_pool(repo: Path, tmp_path: Path) -> None:
     log = tmp_path / "times.log"
     dirs = [
-        write_spec(repo / "specs" / name, [
-            task(f"{name}{i}", files=[f"{name}{i}"], command=timed(log, 0.5), isolation="none")
-            for i in range(3)
-        ])
+        write_spec(
+            repo / "specs" / name,
+            [
+                task(f"{name}{i}", files=[f"{name}{i}"], command=timed(log, 0.5), isolation="none")
+                for i in range(3)
+            ],
+        )
         for name in ("p", "q")
     ]
     proc = run_cli("run", *map(str, dirs), "--jobs", "3")

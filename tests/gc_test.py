@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import PY, git, run_cli
 
+from specexec import pool as pool_mod
+from specexec.pool import WorktreePool
 from specexec.workspace import Workspace, read_owner
 
 SPEC = "feat"
@@ -145,3 +147,70 @@ def test_gc_command_refuses_a_non_repository(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert str(tmp_path) in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- pool worktrees ----------------------------------------------------------------------
+
+# A process that takes a pool slot, prints its path, and waits.
+HOLDER = (
+    "import sys\n"
+    "from specexec.workspace import Workspace\n"
+    "from specexec.pool import WorktreePool\n"
+    "p = WorktreePool(Workspace(sys.argv[1]), int(sys.argv[3]))\n"
+    "wt = p.acquire('feat', sys.argv[2])\n"
+    "print(wt.path, flush=True)\n"
+    "sys.stdin.readline()\n"
+)
+
+
+def hold_slot(repo: Path, task_id: str, size: int) -> tuple[subprocess.Popen[str], Path]:
+    proc = subprocess.Popen(
+        [PY, "-c", HOLDER, str(repo), task_id, str(size)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    return proc, Path(proc.stdout.readline().strip())
+
+
+def test_gc_removes_free_and_dead_slots_and_keeps_live_ones(repo: Path, ws: Workspace) -> None:
+    with WorktreePool(ws, 3) as pool:
+        free = pool.acquire(SPEC, "FREE")
+        holder, live = hold_slot(repo, "LIVE", size=3)
+        dead_proc, dead = hold_slot(repo, "DEAD", size=3)
+        pool.release(free)
+    dead_proc.kill()
+    dead_proc.wait(timeout=60)
+    assert len({free.path, live, dead}) == 3
+    try:
+        # A dead run's slot no longer holds its task branch; a live one does.
+        branches = ws.gc()
+        assert "branch specexec/feat@DEAD (no changes)" in branches
+        assert not any("LIVE" in b for b in branches)
+        removed = pool_mod.gc(ws)
+        assert sorted(removed) == sorted(
+            [
+                f"pool worktree {free.path} (free)",
+                f"pool worktree {dead} (owner process {dead_proc.pid} is gone)",
+            ]
+        )
+        assert live.is_dir() and not free.path.exists() and not dead.exists()
+        assert pool_mod.gc(ws) == []
+        assert run_cli("gc", str(repo)).stdout == f"nothing to remove in {repo.resolve()}\n"
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert pool_mod.gc(ws) == [f"pool worktree {live} (owner process {holder.pid} is gone)"]
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+    assert not ws.pool_dir.exists()
+
+
+def test_gc_command_removes_pool_worktrees(repo: Path, ws: Workspace) -> None:
+    with WorktreePool(ws, 2) as pool:
+        wt = pool.acquire(SPEC, "T1")
+        pool.release(wt, delete_branch=True)
+    proc = run_cli("gc", str(repo))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"removed pool worktree {wt.path} (free)\n"

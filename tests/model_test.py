@@ -22,7 +22,12 @@ def test_minimal_spec_defaults(repo: Path) -> None:
     spec, warnings = load_spec(d)
     (t,) = spec.tasks
     assert spec.name == "s"
-    assert (t.status, t.max_retries, t.timeout_minutes, t.relevant_files) == ("pending", 1, 30.0, ())
+    assert (t.status, t.max_retries, t.timeout_minutes, t.relevant_files) == (
+        "pending",
+        1,
+        30.0,
+        (),
+    )
     assert any("relevant_files" in w and '"T1"' in w for w in warnings)
 
 
@@ -47,8 +52,8 @@ def test_every_problem_reported_at_once(repo: Path) -> None:
     for needle in (
         'task "T1": field id: duplicate id "T1"',
         'task "T2": field id: "T2" differs from "t2" only in letter case',
-        'task "T2": field relevant_files[0]: \'/abs/path.py\'',
-        'task "T3": field relevant_files[0]: \'../up.py\'',
+        "task \"T2\": field relevant_files[0]: '/abs/path.py'",
+        "task \"T3\": field relevant_files[0]: '../up.py'",
         'task "T4": field parallelization.blocked_by: a task cannot be blocked by itself',
         'task "T4": field parallelization.blocked_by: unknown task "nope"',
         "'C:/win.py'",
@@ -88,8 +93,18 @@ def test_symlinked_spec_folder_leading_out_is_refused(repo: Path, tmp_path: Path
 
 @pytest.mark.parametrize(
     ("value", "ok"),
-    [("T1", True), ("a.b_c-1", True), ("-x", False), ("a..b", False), ("x.lock", False),
-     ("x.", False), ("x" * 64, True), ("x" * 65, False), ("é", False), ("", False)],
+    [
+        ("T1", True),
+        ("a.b_c-1", True),
+        ("-x", False),
+        ("a..b", False),
+        ("x.lock", False),
+        ("x.", False),
+        ("x" * 64, True),
+        ("x" * 65, False),
+        ("é", False),
+        ("", False),
+    ],
 )
 def test_id_rules(value: str, ok: bool) -> None:
     assert (id_problem(value) is None) is ok

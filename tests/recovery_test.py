@@ -17,19 +17,30 @@ from conftest import PY, git, init_repo, read_tasks, task, write_spec
 # Each task appends one unique line to its own file, so a change merged twice would show
 # as a duplicated line, and as two commits for the task on the integration branch.
 SHAPE = {
-    "a": [], "b": [], "c": ["a"], "d": ["a", "b"], "e": ["c"], "f": ["d"], "g": ["e", "f"],
+    "a": [],
+    "b": [],
+    "c": ["a"],
+    "d": ["a", "b"],
+    "e": ["c"],
+    "f": ["d"],
+    "g": ["e", "f"],
 }
 
 
 def chaos_spec(repo: Path, pidlog: Path) -> Path:
     def cmd(t: str) -> str:
-        return (f'echo "$$" >> {pidlog}; sleep 0.{random.randint(1, 4)}; '
-                f'echo "change of {t}" >> out/{t}.txt')
+        return (
+            f'echo "$$" >> {pidlog}; sleep 0.{random.randint(1, 4)}; '
+            f'echo "change of {t}" >> out/{t}.txt'
+        )
 
-    return write_spec(repo / "specs" / "k", [
-        task(t, blocked_by=deps, files=[f"out/{t}.txt"], command=f"mkdir -p out && {cmd(t)}")
-        for t, deps in SHAPE.items()
-    ])
+    return write_spec(
+        repo / "specs" / "k",
+        [
+            task(t, blocked_by=deps, files=[f"out/{t}.txt"], command=f"mkdir -p out && {cmd(t)}")
+            for t, deps in SHAPE.items()
+        ],
+    )
 
 
 class Parser(threading.Thread):
@@ -76,16 +87,23 @@ def test_sigkill_at_random_moments_then_restart(tmp_path: Path) -> None:
         parser = Parser(spec / "tasks.json")
         parser.start()
         kill_after = rng.uniform(0.2, 2.5)
-        proc = subprocess.Popen([PY, "-m", "specexec", "run", str(spec), "--jobs", "2"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [PY, "-m", "specexec", "run", str(spec), "--jobs", "2"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             proc.wait(timeout=kill_after)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         for _ in range(5):  # restart until it finishes
-            done = subprocess.run([PY, "-m", "specexec", "run", str(spec), "--jobs", "2"],
-                                  capture_output=True, text=True, timeout=120)
+            done = subprocess.run(
+                [PY, "-m", "specexec", "run", str(spec), "--jobs", "2"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             if done.returncode == 0:
                 break
         parser.stop.set()
@@ -102,8 +120,12 @@ def test_crash_between_merge_and_record_is_merged_once(tmp_path: Path) -> None:
     repo = init_repo(tmp_path / "r")
     pidlog = tmp_path / "pids"
     spec = chaos_spec(repo, pidlog)
-    assert subprocess.run([PY, "-m", "specexec", "run", str(spec)], capture_output=True,
-                          timeout=120).returncode == 0
+    assert (
+        subprocess.run(
+            [PY, "-m", "specexec", "run", str(spec)], capture_output=True, timeout=120
+        ).returncode
+        == 0
+    )
     # Rewind tasks.json to what a crash right after g's merge would leave.
     doc = json.loads((spec / "tasks.json").read_text())
     g = next(t for t in doc["tasks"] if t["id"] == "g")
@@ -114,8 +136,9 @@ def test_crash_between_merge_and_record_is_merged_once(tmp_path: Path) -> None:
     git(repo, "branch", "specexec/k@g", tip)
     git(repo, "update-ref", "refs/specexec/bases/k/g", git(repo, "rev-parse", f"{tip}^1"))
     before = git(repo, "rev-parse", "specexec/k")
-    done = subprocess.run([PY, "-m", "specexec", "run", str(spec)], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [PY, "-m", "specexec", "run", str(spec)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "already merged" in done.stderr
     assert git(repo, "rev-parse", "specexec/k") == before

@@ -13,8 +13,16 @@ from pathlib import Path
 import pytest
 from conftest import PY, git, init_repo
 
-from specexec.errors import Busy, InvalidInput
-from specexec.workspace import MergeResult, Workspace, Worktree, integration_branch, task_branch
+from specexec.errors import Busy, GitError, InvalidInput
+from specexec.spec import Task
+from specexec.workspace import (
+    MergeResult,
+    Workspace,
+    Worktree,
+    checkout_patterns,
+    integration_branch,
+    task_branch,
+)
 
 SPEC = "feat"
 
@@ -46,7 +54,9 @@ def snapshot(repo: Path) -> dict[str, str]:
     """Hashes of everything of the user's that specexec must never touch."""
     dot = repo / ".git"
     snap = {
-        ".git/index": hashlib.sha256((dot / "index").read_bytes()).hexdigest(),
+        # The index's content; its stat cache is refreshed by `git status` itself (below),
+        # so the raw bytes can change under a slow machine's clock without anyone's write.
+        ".git/index": git(repo, "ls-files", "--stage", "-v"),
         ".git/HEAD": (dot / "HEAD").read_text(),
         ".git/config": (dot / "config").read_text(),
         "HEAD sha": git(repo, "rev-parse", "HEAD"),
@@ -536,3 +546,80 @@ def test_shell_script_baseline_is_the_same_work(tmp_path: Path) -> None:
     _shell_task(repo, 1)
     assert show(repo, "specexec/shell", "sh1.txt") == "1"
     assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+
+
+# --- sparse checkouts, stashes, branches held elsewhere -------------------------------------
+
+
+def test_sparse_worktree_checks_out_only_its_paths(tmp_path: Path) -> None:
+    repo = init_repo(
+        tmp_path / "repo",
+        {"README.md": "r\n", "src/a.py": "a\n", "src/sub/b.py": "b\n", "docs/d.md": "d\n",
+         "docs/e.txt": "e\n"},
+    )  # fmt: skip
+    config = (repo / ".git" / "config").read_text()
+    ws = Workspace(repo)
+    ws.ensure_integration_branch(SPEC, None)
+    patterns = checkout_patterns(
+        Task("T1", "t", relevant_files=("src/",), checkout="sparse", sparse_paths=("docs/*.md",))
+    )
+    assert checkout_patterns(Task("T2", "t", relevant_files=("src/",))) is None
+    wt = ws.create_worktree(SPEC, "T1", sparse=patterns)
+    found = sorted(str(p.relative_to(wt.path)) for p in wt.path.rglob("*") if p.is_file())
+    assert found == [".git", "docs/d.md", "src/a.py", "src/sub/b.py"]
+    assert git(wt.path, "status", "--porcelain") == ""  # the missing files are not "deleted"
+    # A change outside the sparse paths is still the task's change.
+    write(wt.path, {"src/new.py": "n\n", "README.md": "changed\n"})
+    assert ws.changed_files(wt) == ["README.md", "src/new.py"]
+    sha = ws.commit_all(wt, "task T1")
+    assert sha is not None
+    assert git(repo, "diff", "--name-only", wt.base, sha).splitlines() == [
+        "README.md",
+        "src/new.py",
+    ]
+    # The user's configuration is untouched (no extensions.worktreeConfig).
+    assert (repo / ".git" / "config").read_text() == config
+    ws.remove_worktree(wt, delete_branch=False)
+
+
+def test_a_tasks_stash_entries_go_with_its_worktree_and_the_users_stay(
+    ws: Workspace, repo: Path
+) -> None:
+    write(repo, {"README.md": "user's work\n"})
+    git(repo, "stash", "-q")  # the user's stash from before the task
+    before = git(repo, "stash", "list", "--format=%H")
+    wt = ws.create_worktree(SPEC, "T1")
+    write(wt.path, {"README.md": "worker\n", "u.txt": "u\n"})
+    git(wt.path, "stash", "-u", "-q")
+    git(wt.path, "checkout", "-q", "--detach")
+    write(wt.path, {"README.md": "detached worker\n"})
+    git(wt.path, "stash", "-q")
+    write(repo, {"README.md": "more user work, during the task\n"})
+    git(repo, "stash", "-q")
+    during = git(repo, "stash", "list", "--format=%H").splitlines()[0]
+    assert len(git(repo, "stash", "list").splitlines()) == 4
+    ws.remove_worktree(wt, delete_branch=True)
+    assert git(repo, "stash", "list", "--format=%H").splitlines() == [during, before]
+
+
+def test_a_task_branch_held_in_another_worktree_is_not_moved(ws: Workspace, repo: Path) -> None:
+    wt = ws.create_worktree(SPEC, "T1")
+    ws.remove_worktree(wt, delete_branch=False)
+    other = repo.parent / "mine"
+    git(repo, "worktree", "add", "-q", str(other), "specexec/feat@T1")
+    with pytest.raises(GitError, match="specexec/feat@T1 is checked out"):
+        ws.create_worktree(SPEC, "T1")
+    assert not ws.delete_branch("specexec/feat@T1")
+    # Bisecting from the branch holds it even on a detached HEAD, as git itself sees it.
+    git(other, "bisect", "start", "HEAD")
+    git(other, "checkout", "-q", "--detach", "HEAD")
+    assert not ws.delete_branch("specexec/feat@T1")
+    assert (
+        "checked out"
+        in subprocess.run(
+            ["git", "branch", "-D", "specexec/feat@T1"], cwd=repo, capture_output=True, text=True
+        ).stderr
+    )
+    git(other, "bisect", "reset")
+    git(other, "checkout", "-q", "--detach")
+    assert ws.delete_branch("specexec/feat@T1")

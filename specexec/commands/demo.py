@@ -30,8 +30,11 @@ def _make_repo(dest: Path) -> Path:
     git(["config", "user.name", "specexec demo"], cwd=dest)
     git(["config", "user.email", "demo@specexec.invalid"], cwd=dest)
     (dest / "README.md").write_text(README)
-    shutil.copytree(data_dir("specs") / EXAMPLE, dest / "specs" / EXAMPLE,
-                    ignore=shutil.ignore_patterns(".specexec"))
+    shutil.copytree(
+        data_dir("specs") / EXAMPLE,
+        dest / "specs" / EXAMPLE,
+        ignore=shutil.ignore_patterns(".specexec"),
+    )
     git(["add", "-A"], cwd=dest)
     git(["commit", "-q", "-m", "Add the textkit spec"], cwd=dest)
     return dest / "specs" / EXAMPLE
@@ -47,7 +50,8 @@ def demo(path: str | None = None, *, jobs: int = 4) -> int:
     if runs:
         print("\n" + runs[-1].read_text())
     print(f"integration branch specexec/{EXAMPLE}:")
-    subprocess.run(["git", "log", "--oneline", "--graph", f"specexec/{EXAMPLE}"], cwd=dest,
-                   check=False)
+    subprocess.run(
+        ["git", "log", "--oneline", "--graph", f"specexec/{EXAMPLE}"], cwd=dest, check=False
+    )
     print(f"\nlook around: cd {dest} && git log --stat specexec/{EXAMPLE}")
     return code

@@ -1,9 +1,11 @@
-"""``specexec gc [REPO]``: remove stale worktrees and finished task branches."""
+"""``specexec gc [REPO]``: remove stale worktrees, idle pool worktrees and finished task
+branches."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from specexec import pool
 from specexec.errors import EXIT_OK
 from specexec.workspace import Workspace
 
@@ -11,7 +13,8 @@ from specexec.workspace import Workspace
 def gc(repo: str | None) -> int:
     """Clean the repository at ``repo`` (default: the current directory); print what went."""
     ws = Workspace(Path(repo) if repo else Path.cwd())
-    removed = ws.gc()
+    # Pool slots first: a slot a dead run left on a task branch no longer holds it.
+    removed = pool.gc(ws) + ws.gc()
     for line in removed:
         print(f"removed {line}")
     if not removed:

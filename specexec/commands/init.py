@@ -30,9 +30,7 @@ def list_templates() -> int:
 def init(spec_dir: str, template: str = "minimal") -> int:
     templates = _templates()
     if template not in templates:
-        raise InvalidInput(
-            f"unknown template {template!r}; choose one of: {', '.join(templates)}"
-        )
+        raise InvalidInput(f"unknown template {template!r}; choose one of: {', '.join(templates)}")
     dest = Path(spec_dir)
     if (dest / TASKS_FILE).exists() or (dest / TASKS_FILE).is_symlink():
         raise InvalidInput(f"{dest / TASKS_FILE} already exists; not overwriting it")

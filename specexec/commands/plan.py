@@ -26,19 +26,26 @@ def render_table(spec: Spec, plan: Plan) -> str:
     for wave in plan.waves:
         for i, tid in enumerate(wave.tasks):
             t = by_id[tid]
-            rows.append([
-                str(wave.wave_id) if i == 0 else "",
-                tid + (" *" if tid in critical else ""),
-                t.status,
-                fmt.minutes(t.estimate),
-                fmt.shorten(", ".join(t.relevant_files) or "(none)", 40),
-                ", ".join(t.blocked_by) or "-",
-            ])
+            rows.append(
+                [
+                    str(wave.wave_id) if i == 0 else "",
+                    tid + (" *" if tid in critical else ""),
+                    t.status,
+                    fmt.minutes(t.estimate),
+                    fmt.shorten(", ".join(t.relevant_files) or "(none)", 40),
+                    ", ".join(t.blocked_by) or "-",
+                ]
+            )
     head = (
         f"spec {spec.name}: {len(spec.tasks)} tasks in {len(plan.waves)} waves, "
         f"mode {plan.mode}, --jobs {plan.jobs}"
     )
-    lines = [head, "", fmt.table(["wave", "task", "status", "est", "files", "blocked by"], rows), ""]
+    lines = [
+        head,
+        "",
+        fmt.table(["wave", "task", "status", "est", "files", "blocked by"], rows),
+        "",
+    ]
     lines.append("waves:")
     for wave in plan.waves:
         lines.append(f"  {wave.wave_id}: {wave.rationale}")

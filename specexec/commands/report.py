@@ -18,7 +18,9 @@ def report(spec_dir: str, *, run_id: str | None = None, output: str = "md") -> i
         if "/" in run_id or not (run_dir / "run.json").is_file():
             raise InvalidInput(f"{d}: no run {run_id!r} (see {runs})")
     else:
-        done = sorted(p for p in runs.glob("*") if (p / "run.json").is_file()) if runs.is_dir() else []
+        done = (
+            sorted(p for p in runs.glob("*") if (p / "run.json").is_file()) if runs.is_dir() else []
+        )
         if not done:
             raise InvalidInput(f"{d}: no finished run yet (run `specexec run {spec_dir}` first)")
         run_dir = done[-1]

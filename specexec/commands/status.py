@@ -59,14 +59,16 @@ def status(spec_dirs: Sequence[str], *, as_json: bool = False) -> int:
                 if problem != ref["reason"]:
                     print(f"  {problem}")
         rows = [
-            [t["id"], t["status"], str(t["attempts"]), fmt.minutes(t["duration_minutes"]),
-             fmt.shorten(t["blocker"] or "", 60)]
+            [
+                t["id"],
+                t["status"],
+                str(t["attempts"]),
+                fmt.minutes(t["duration_minutes"]),
+                fmt.shorten(t["blocker"] or "", 60),
+            ]
             for t in r["tasks"]
         ]
         print(fmt.table(["task", "status", "tries", "time", "blocker"], rows))
         tot = r["totals"]
-        print(
-            f"{tot['total']} tasks: "
-            + ", ".join(f"{tot[s]} {s}" for s in STATUSES if tot[s])
-        )
+        print(f"{tot['total']} tasks: " + ", ".join(f"{tot[s]} {s}" for s in STATUSES if tot[s]))
     return EXIT_OK

@@ -21,8 +21,14 @@ def test_status_rows_and_totals(repo: Path) -> None:
     assert "T2    fail" in proc.stdout and "exit code 1" in proc.stdout
     assert "4 tasks: 1 pending, 1 pass, 1 fail, 1 blocked" in proc.stdout
     doc = json.loads(run_cli("status", str(d), "--json").stdout)
-    assert doc["totals"] == {"pending": 1, "in_progress": 0, "pass": 1, "fail": 1,
-                             "blocked": 1, "total": 4}
+    assert doc["totals"] == {
+        "pending": 1,
+        "in_progress": 0,
+        "pass": 1,
+        "fail": 1,
+        "blocked": 1,
+        "total": 4,
+    }
     assert doc["tasks"][2]["blocker"] == "blocked by T2 (fail)"
 
 

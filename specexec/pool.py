@@ -1,0 +1,562 @@
+"""Warm worktrees: a pool per repository, reused from task to task and from run to run.
+
+A fresh ``git worktree add`` writes every file of the repository and starts without the
+ignored build caches, virtual environments and dependency folders a task may need.
+Switching a kept worktree to another commit rewrites only the files that differ.
+
+Layout (beside the fresh worktrees of ``specexec.workspace``)::
+
+    <common>/specexec/pool/<n>         slot n (0 <= n < --jobs): a worktree git knows
+    <common>/specexec/pool/<n>.owner   while a task uses it: owner (pid, start time,
+                                       host) + spec, task, branch, base, stash entries
+
+A slot is *in use* while its marker names a live process (pid *and* start time, so a
+reused pid does not count), *free* otherwise: no marker, or its owner died (SIGKILL).
+Taking a slot (the repository lock held): write our marker, point the task's branch
+``specexec/<spec>@<task>`` and its base ref at the integration tip, point the slot's HEAD
+at the branch. Then, unlocked (the slot is ours), restore it: clear the per-worktree git
+state, ``read-tree --reset -u HEAD``, ``git clean``, fix modes, and check with ``git
+status`` that it is clean. A slot that cannot be restored is deleted and created again;
+it is never handed out dirty. Giving it back: drop the task's stash entries, detach HEAD
+(so the branch can be deleted), remove the marker.
+
+Failed tasks: their state (tracked and untracked files, not ignored ones) is committed
+to the task's branch, which is kept (``git diff specexec/<spec>...specexec/<spec>@<task>``
+shows it) and the slot goes back to the pool. If even that commit fails, the slot is
+*parked*: kept as it is, with our marker, until this run ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import stat
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from specexec.errors import GitError, SpecexecError
+from specexec.workspace import (
+    PARALLEL_CHECKOUT,
+    Owner,
+    Workspace,
+    Worktree,
+    _add_mode,
+    _heads,
+    _make_writable,
+    _owner_file,
+    _rmtree,
+    _set_head,
+    _write_owner,
+    owner_alive,
+    read_marker,
+    read_owner,
+    set_sparse,
+)
+
+_SLOT = re.compile(r"(0|[1-9][0-9]{0,5})")
+# Per-worktree git state a fresh worktree does not have: MERGE_HEAD, rebase-merge/,
+# rebase-apply/, CHERRY_PICK_HEAD, REVERT_HEAD, BISECT_*, refs/bisect, sequencer/,
+# logs/HEAD (the previous tasks' HEAD history), index.lock, locked, modules/ (submodule
+# repositories), config.worktree, info/sparse-checkout... everything but these goes.
+_ADMIN_KEEP = frozenset({"HEAD", "commondir", "gitdir", "index"})
+
+
+def _read_umask() -> int:
+    # /proc avoids os.umask()'s set-and-restore, which races with threads creating files.
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+_FILE_MODE = 0o666 & ~_UMASK  # what git gives a file it checks out
+_EXEC_MODE = 0o777 & ~_UMASK
+_DIR_MODE = 0o777 & ~_UMASK
+
+
+class _Dirty(Exception):
+    """The slot is not (yet) identical to a fresh checkout."""
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    index: int
+    path: Path
+
+
+class WorktreePool:
+    """At most ``size`` worktrees of one repository, handed to one task at a time.
+
+    Thread-safe; several processes may share a pool (each slot has one owner).
+    """
+
+    def __init__(self, ws: Workspace, size: int, *, clean_ignored: bool = False) -> None:
+        if size < 1:
+            raise ValueError(f"pool size must be at least 1, not {size}")
+        self.ws = ws
+        self.size = size
+        self.clean_ignored = clean_ignored
+        self._guard = threading.Lock()
+        self._held: dict[Path, Worktree] = {}
+        self._parked: set[Path] = set()
+        # What happened, for reports and the benchmark.
+        self.stats = {"created": 0, "reused": 0, "rebuilt": 0, "overflow": 0, "parked": 0}
+
+    def __repr__(self) -> str:
+        return f"WorktreePool({str(self.ws.root)!r}, size={self.size})"
+
+    def slot_path(self, index: int) -> Path:
+        return self.ws.pool_dir / str(index)
+
+    def owns(self, wt: Worktree) -> bool:
+        """Is ``wt`` a pool slot (rather than a fresh worktree made because none was free)?"""
+        return wt.path.parent == self.ws.pool_dir
+
+    # -- opening and closing ----------------------------------------------------------
+
+    def open(self) -> list[str]:
+        """Reclaim the slots of dead runs; delete free slots beyond ``size``. What changed."""
+        notes: list[str] = []
+        trim: list[Slot] = []
+        with self.ws._lock.hold():
+            for slot in _slots(self.ws):
+                owner = read_owner(slot.path)
+                if _in_use(slot, owner):
+                    continue
+                if owner is not None:
+                    _reclaim(self.ws, slot)
+                    notes.append(f"reclaimed {slot.path} (owner process {owner.pid} is gone)")
+                if slot.index >= self.size:
+                    _write_owner(slot.path, {"trim": True})  # ours while its files go
+                    trim.append(slot)
+        for slot in trim:
+            _discard(self.ws, slot)
+            notes.append(f"removed {slot.path} (beyond --jobs {self.size})")
+        return notes
+
+    def close(self) -> None:
+        """Give back what is still held; parked slots become free (the next run's)."""
+        with self._guard:
+            held = list(self._held.values())
+            parked = set(self._parked)
+            self._parked.clear()
+        for wt in held:
+            if wt.path not in parked:
+                self.release(wt)
+        if parked:
+            with self.ws._lock.hold():
+                for path in parked:
+                    if _mine(path):
+                        _owner_file(path).unlink(missing_ok=True)
+            with self._guard:
+                for path in parked:
+                    self._held.pop(path, None)
+
+    def __enter__(self) -> WorktreePool:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- taking and giving back -------------------------------------------------------
+
+    def acquire(self, spec: str, task_id: str, *, sparse: Sequence[str] | None = None) -> Worktree:
+        """A worktree on a fresh ``specexec/<spec>@<task>`` at the integration tip.
+
+        Identical to a fresh checkout of that commit for every tracked and untracked
+        file (ignored files are kept unless ``clean_ignored``). ``sparse``: patterns of
+        ``workspace.checkout_patterns``. When every slot is in use (another run shares
+        the pool), a fresh worktree is made instead.
+        """
+        ws = self.ws
+        with ws._lock.hold():
+            base = ws._integration_tip(spec)
+            slot = self._claim(ws.task_record(spec, task_id, base))
+            if slot is not None:
+                try:
+                    branch = ws._start_task_branch(spec, task_id, base)
+                    admin = ws._admin_dir(slot.path) if slot.path.is_dir() else None
+                    if admin is not None:
+                        _set_head(admin, _heads(branch))
+                except BaseException:
+                    _owner_file(slot.path).unlink(missing_ok=True)
+                    raise
+        if slot is None:
+            with self._guard:
+                self.stats["overflow"] += 1
+            return ws.create_worktree(spec, task_id, sparse=sparse)
+        wt = Worktree(path=slot.path, branch=branch, base=base, spec=spec, task_id=task_id)
+        with self._guard:
+            self._held[slot.path] = wt
+        try:
+            self._prepare(slot, admin, wt, sparse)
+        except BaseException:
+            self._forget(wt)
+            with ws._lock.hold():
+                if _mine(slot.path):
+                    _owner_file(slot.path).unlink(missing_ok=True)
+                ws._delete_branches([(spec, task_id)])  # the slot is idle: not checked out
+            raise
+        return wt
+
+    def release(self, wt: Worktree, *, delete_branch: bool = False) -> None:
+        """Give the worktree back (a fresh one is removed), deleting its branch if asked."""
+        if not self.owns(wt):
+            self.ws.remove_worktree(wt, delete_branch=delete_branch)
+            return
+        ws = self.ws
+        with ws._lock.hold():
+            if _mine(wt.path):
+                admin = ws._admin_dir(wt.path)
+                ws.drop_task_stashes(wt.path, admin)
+                if admin is not None:
+                    # Detached, so that the branch is not "checked out" and can be deleted.
+                    _set_head(admin, wt.base)
+                if delete_branch:
+                    ws._delete_branches([(wt.spec, wt.task_id)])
+                _owner_file(wt.path).unlink(missing_ok=True)
+        self._forget(wt)
+
+    def keep_failed(self, wt: Worktree, message: str) -> Path | None:
+        """A failed task's worktree: where its state can be inspected on disk, or None.
+
+        A pool slot's state is committed to the task's branch (kept, never merged) and
+        the slot goes back to the pool; a fresh worktree stays where it is.
+        """
+        if not self.owns(wt):
+            return wt.path
+        for attempt in range(2):
+            try:
+                self.ws.commit_all(wt, message)
+                break
+            except (SpecexecError, OSError):
+                if attempt:
+                    return self._park(wt)
+                with contextlib.suppress(OSError):
+                    _make_writable(wt.path, files=True)  # a worker made files unreadable
+        self.release(wt)
+        return None
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _forget(self, wt: Worktree) -> None:
+        with self._guard:
+            self._held.pop(wt.path, None)
+
+    def _park(self, wt: Worktree) -> Path:
+        with self.ws._lock.hold():
+            admin = self.ws._admin_dir(wt.path)
+            if admin is not None:
+                _set_head(admin, wt.base)  # the branch stays free for a retry
+        with self._guard:
+            self._parked.add(wt.path)
+            self.stats["parked"] += 1
+        return wt.path
+
+    def _claim(self, record: dict[str, Any]) -> Slot | None:
+        """Take a free slot (lock held): one that exists if possible; None if all in use."""
+        candidates: list[tuple[bool, Slot]] = []
+        for index in range(self.size):
+            slot = Slot(index, self.slot_path(index))
+            owner = read_owner(slot.path)
+            if _in_use(slot, owner):
+                continue
+            if owner is not None:
+                _reclaim(self.ws, slot)
+            candidates.append((not slot.path.is_dir(), slot))
+        if not candidates:
+            return None
+        slot = min(candidates, key=lambda c: (c[0], c[1].index))[1]
+        slot.path.parent.mkdir(parents=True, exist_ok=True)
+        _write_owner(slot.path, record)
+        return slot
+
+    def _prepare(
+        self, slot: Slot, admin: Path | None, wt: Worktree, sparse: Sequence[str] | None
+    ) -> None:
+        """Restore the slot, or create it again; raise if even that fails."""
+        if admin is not None:
+            for attempt in range(2):
+                try:
+                    self._restore(admin, slot.path, sparse)
+                except (GitError, OSError, _Dirty):
+                    if attempt == 0:
+                        # A worker may have made files or directories read-only.
+                        with contextlib.suppress(OSError):
+                            _make_writable(slot.path, files=True)
+                    continue
+                with self._guard:
+                    self.stats["reused"] += 1
+                return
+        with self._guard:
+            self.stats["rebuilt" if admin is not None else "created"] += 1
+        try:
+            admin = self._create(slot, wt)
+            self._restore(admin, slot.path, sparse)
+        except (_Dirty, OSError) as e:
+            raise GitError(f"cannot make pool worktree {slot.path}: {e}") from e
+
+    def _create(self, slot: Slot, wt: Worktree) -> Path:
+        """(Re)create the slot's worktree, detached at the base, HEAD on the branch."""
+        ws = self.ws
+        with ws._lock.hold():
+            old = ws._admin_dir(slot.path)
+            if old is not None:
+                _rmtree(old)
+        _rmtree(slot.path)  # the slot is ours: no lock needed for its files
+        with ws._lock.hold():
+            # --no-checkout: the files are written by the restore, unlocked and in parallel.
+            ws._git("worktree", "add", "-q", "--no-checkout", "--detach", str(slot.path), wt.base)
+            admin = ws._wt_admin(slot.path)
+            _set_head(admin, _heads(wt.branch))
+        return admin
+
+    def _restore(self, admin: Path, path: Path, sparse: Sequence[str] | None) -> None:
+        """Make the worktree at ``path`` what a fresh checkout of HEAD would be."""
+        if not path.is_dir() or path.is_symlink():
+            raise _Dirty(f"{path} is missing")
+        _reset_admin(admin)
+        _fix_dot_git(admin, path)
+        # An index with skip-worktree bits (a sparse task before, or a worker) is made
+        # full by checking out with the pattern that names everything, as
+        # `git sparse-checkout disable` does.
+        widen = sparse is None and _index_version(admin) >= 3
+        set_sparse(admin, ("/*",) if widen else sparse)
+        wt_git = self.ws._wt_git
+        wt_git(admin, path, *PARALLEL_CHECKOUT, "read-tree", "--reset", "-u", "HEAD")
+        if widen:
+            set_sparse(admin, None)
+        entries = _index_entries(wt_git(admin, path, "ls-files", "-v", "-s", "-z").stdout)
+        # A worker's `update-index --assume-unchanged` (lower-case tag) hides its edits
+        # from read-tree; skip-worktree (S) must not be left in a full checkout.
+        stuck = [e for e in entries if e[0].islower() or (sparse is None and e[0] in _SKIPPED)]
+        if stuck:
+            flags = ["--no-assume-unchanged"] + (["--no-skip-worktree"] if sparse is None else [])
+            paths = b"".join(e[2] + b"\0" for e in stuck)
+            wt_git(admin, path, "update-index", "-z", *flags, "--stdin", input=paths)
+            shown = [e for e in stuck if sparse is None or e[0] not in _SKIPPED]
+            if shown:
+                files = b"".join(e[2] + b"\0" for e in shown)
+                wt_git(admin, path, "checkout-index", "-f", "-u", "-z", "--stdin", input=files)
+            entries = _index_entries(wt_git(admin, path, "ls-files", "-v", "-s", "-z").stdout)
+        _fix_modes(path, entries)
+        # Tracked files are what read-tree wrote. Usually nothing else is left (the
+        # worker's new files were committed), so `git clean` runs only if `ls-files`
+        # finds something to remove: untracked files, empty directories (which `git
+        # status` does not show), and ignored files when they must go too.
+        others: tuple[str, ...] = ("ls-files", "-z", "--others", "--directory")
+        if not self.clean_ignored:
+            others += ("--exclude-standard",)
+        if not wt_git(admin, path, *others).stdout:
+            return
+        # -ff: nested repositories too; -x: ignored files as well, if asked.
+        wt_git(admin, path, "clean", "-ffdq", *(("-x",) if self.clean_ignored else ()))
+        left = wt_git(
+            admin,
+            path,
+            "status",
+            "--porcelain",
+            "-z",
+            "--untracked-files=normal",
+            "--ignore-submodules=none",
+            *(("--ignored=matching",) if self.clean_ignored else ()),
+        )
+        if left.stdout:
+            what = ", ".join(left.fields()[:5])
+            raise _Dirty(f"{path} still differs from HEAD after cleaning: {what}")
+
+
+# --- module helpers --------------------------------------------------------------------
+
+
+# One index entry: (tag, mode, path), bytes as git prints them.
+_Entry = tuple[bytes, bytes, bytes]
+_SKIPPED = (b"S", b"s")  # skip-worktree: not in the worktree
+
+
+def _index_entries(out: bytes) -> list[_Entry]:
+    """``ls-files -v -s -z``: ``<tag> <mode> <sha> <stage>\t<path>`` NUL ... (fast: a
+    large repository has many entries and this runs for every task)."""
+    entries: list[_Entry] = []
+    for rec in out.split(b"\0"):
+        if rec:
+            meta, _, path = rec.partition(b"\t")
+            entries.append((meta[:1], meta[2:8], path))
+    return entries
+
+
+def _index_version(admin: Path) -> int:
+    """2 for an index that cannot hold skip-worktree bits; 0 when there is none."""
+    try:
+        with open(admin / "index", "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return 0
+    return int.from_bytes(head[4:8], "big") if head[:4] == b"DIRC" else 0
+
+
+def _reset_admin(admin: Path) -> None:
+    for entry in os.scandir(admin):
+        if entry.name not in _ADMIN_KEEP:
+            _rmtree(Path(entry.path))
+
+
+def _fix_dot_git(admin: Path, path: Path) -> None:
+    """The worktree's ``.git`` file points at its admin dir (a worker may have changed it)."""
+    dot = path / ".git"
+    want = f"gitdir: {admin}\n"
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        if not dot.is_symlink() and dot.read_text(encoding="utf-8") == want:
+            return
+    _rmtree(dot)
+    dot.write_text(want, encoding="utf-8")
+
+
+def _fix_modes(path: Path, entries: Iterable[_Entry]) -> None:
+    """Give tracked files and their directories the modes a fresh checkout gives them,
+    and empty submodule directories (a fresh worktree does not check submodules out).
+
+    git rewrites a file whose content or executable bit changed, but a file or a
+    directory a worker only made read-only looks unchanged to it.
+    """
+    root = os.fsencode(path) + b"/"
+    lstat, chmod = os.lstat, os.chmod
+    parents: set[bytes] = set()
+    for tag, mode, rel in entries:
+        if tag in _SKIPPED:
+            continue
+        parents.add(rel.rpartition(b"/")[0])
+        try:
+            st = lstat(root + rel)
+        except FileNotFoundError:
+            continue  # a path read-tree could not write fails the check that follows
+        if mode == b"100644" or mode == b"100755":
+            want = _EXEC_MODE if mode == b"100755" else _FILE_MODE
+            if st.st_mode & 0o7777 != want and stat.S_ISREG(st.st_mode):
+                chmod(root + rel, want)
+        elif mode == b"160000" and stat.S_ISDIR(st.st_mode):
+            parents.add(rel)
+            _add_mode(root + rel, 0o700)
+            with os.scandir(root + rel) as it:
+                inside = [Path(os.fsdecode(x.path)) for x in it]
+            for x in inside:
+                _rmtree(x)
+    dirs: set[bytes] = set()
+    for d in parents:
+        while d and d not in dirs:
+            dirs.add(d)
+            d = d.rpartition(b"/")[0]
+    for d in dirs:
+        with contextlib.suppress(FileNotFoundError):
+            st = lstat(root + d)
+            if st.st_mode & 0o7777 != _DIR_MODE and stat.S_ISDIR(st.st_mode):
+                chmod(root + d, _DIR_MODE)
+
+
+def _mine(path: Path) -> bool:
+    owner = read_owner(path)
+    return owner is not None and owner.pid == os.getpid() and owner_alive(owner)
+
+
+def _slots(ws: Workspace) -> list[Slot]:
+    """Every slot on disk: a directory, a marker, or a worktree git still knows."""
+    found: set[int] = set()
+    with contextlib.suppress(FileNotFoundError):
+        for entry in ws.pool_dir.iterdir():
+            name = entry.name.removesuffix(".tmp").removesuffix(".owner")
+            if _SLOT.fullmatch(name):
+                found.add(int(name))
+    with contextlib.suppress(FileNotFoundError):
+        for admin in (ws.common_dir / "worktrees").iterdir():
+            with contextlib.suppress(OSError):
+                recorded = Path((admin / "gitdir").read_text(encoding="utf-8").strip())
+                if recorded.parent.parent == ws.pool_dir and _SLOT.fullmatch(recorded.parent.name):
+                    found.add(int(recorded.parent.name))
+    return [Slot(i, ws.pool_dir / str(i)) for i in sorted(found)]
+
+
+def _in_use(slot: Slot, owner: Owner | None) -> bool:
+    """Is the slot taken: by a live owner, or (its owner dead) by a process still working
+    in it, such as a worker of a killed run that its own spec's next run has not swept?"""
+    if owner is None:
+        return False
+    if owner_alive(owner):
+        return True
+    return bool(_processes_inside(slot.path))
+
+
+def _processes_inside(path: Path) -> list[int]:
+    """Processes whose working directory is ``path`` or beneath it (a scan of all: only
+    done for the slots of dead runs)."""
+    inside: list[int] = []
+    prefix = str(path) + os.sep
+    for proc in psutil.process_iter(["cwd"]):
+        cwd = proc.info.get("cwd")
+        if isinstance(cwd, str) and (cwd == str(path) or cwd.startswith(prefix)):
+            inside.append(proc.pid)
+    return inside
+
+
+def _reclaim(ws: Workspace, slot: Slot) -> None:
+    """Free a slot whose owner died (lock held): its task's stash entries go, HEAD is
+    detached so the task branch can be deleted, the marker goes."""
+    record = read_marker(slot.path) or {}
+    admin = ws._admin_dir(slot.path) if slot.path.is_dir() else None
+    ws.drop_task_stashes(slot.path, admin)
+    base = record.get("base")
+    if admin is not None and isinstance(base, str) and re.fullmatch(r"[0-9a-f]{40,64}", base):
+        _set_head(admin, base)
+    _owner_file(slot.path).unlink(missing_ok=True)
+
+
+def _discard(ws: Workspace, slot: Slot) -> None:
+    """Delete a slot we have claimed: files unlocked, git's record and marker locked."""
+    _rmtree(slot.path)
+    with ws._lock.hold():
+        ws._drop(slot.path)
+
+
+def open_pools(
+    workspaces: Iterable[Workspace], size: int, *, clean_ignored: bool = False
+) -> dict[Path, WorktreePool]:
+    """One opened pool per repository (keyed by its git common dir)."""
+    pools: dict[Path, WorktreePool] = {}
+    for ws in workspaces:
+        if ws.common_dir not in pools:
+            pool = WorktreePool(ws, size, clean_ignored=clean_ignored)
+            pool.open()
+            pools[ws.common_dir] = pool
+    return pools
+
+
+def gc(ws: Workspace) -> list[str]:
+    """Remove every pool slot no live process uses. What was removed."""
+    doomed: list[tuple[Slot, str]] = []
+    with ws._lock.hold():
+        for slot in _slots(ws):
+            owner = read_owner(slot.path)
+            if _in_use(slot, owner):
+                continue
+            reason = "free" if owner is None else f"owner process {owner.pid} is gone"
+            if owner is not None:
+                _reclaim(ws, slot)
+            _write_owner(slot.path, {"gc": True})  # nobody takes it while its files go
+            doomed.append((slot, reason))
+    removed: list[str] = []
+    for slot, reason in doomed:
+        _discard(ws, slot)
+        removed.append(f"pool worktree {slot.path} ({reason})")
+    with ws._lock.hold(), contextlib.suppress(OSError):
+        ws.pool_dir.rmdir()  # only if empty (a run may be creating its first slot)
+    return removed
