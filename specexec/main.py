@@ -9,41 +9,34 @@ import os
 import sys
 import tempfile
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from specexec import __version__
 from specexec.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, InvalidInput, SpecexecError
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
+def _number(
+    kind: Callable[[str], float], noun: str, ok: Callable[[float], bool], rule: str
+) -> Callable[[str], Any]:
+    """An argparse type: ``kind(text)`` that must satisfy ``ok``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text!r} {rule}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-    return value
+_positive_int = _number(int, "a whole number", lambda v: v >= 1, "must be at least 1")
+_non_negative_int = _number(int, "a whole number", lambda v: v >= 0, "must be 0 or more")
+_positive_float = _number(float, "a number", lambda v: v > 0, "must be more than 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
