@@ -288,6 +288,32 @@ def sweep_orphans(registry_dir: Path, *, grace_s: float = 2.0) -> list[int]:
     return killed
 
 
+def sweep_spec_orphans(spec_dir: Path, *, grace_s: float = 2.0) -> list[int]:
+    """Kill worker groups of ``spec_dir`` that no registry record names.
+
+    A runner killed between starting a worker and recording it leaves a group the
+    registry does not know. Every worker (and its children) inherits SPECEXEC_SPEC_DIR,
+    so the caller, holding the spec's run lock (no live run owns a worker of it), stops
+    the groups whose processes carry it. Only the user's own processes are looked at.
+    """
+    target = str(spec_dir)
+    me = os.getpid()
+    uid = os.getuid()
+    groups: set[int] = set()
+    for proc in psutil.process_iter(["pid", "uids"]):
+        try:
+            if proc.pid == me or proc.info["uids"] is None or proc.info["uids"].real != uid:
+                continue
+            if proc.environ().get("SPECEXEC_SPEC_DIR") == target:
+                groups.add(os.getpgid(proc.pid))
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+    groups.discard(os.getpgid(0))
+    for pgid in sorted(groups):
+        _stop_group(None, pgid, grace_s)
+    return sorted(groups)
+
+
 def _is_recorded_group(pgid: int, leader_time: float) -> bool:
     members = live_group_members(pgid)
     if not members:

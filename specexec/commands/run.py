@@ -26,7 +26,7 @@ from specexec.report import render_markdown, summary_lines
 from specexec.runlock import RunLock, recover_in_progress
 from specexec.spec import Spec
 from specexec.store import DELETE, CoalescingWriter, TasksStore
-from specexec.worker import sweep_orphans
+from specexec.worker import sweep_orphans, sweep_spec_orphans
 from specexec.workspace import Workspace
 
 __all__ = ["RunOptions", "run"]
@@ -84,6 +84,12 @@ def recover(spec: Spec, store: TasksStore, events: EventLog, ws: Workspace | Non
     run again are removed when they start."""
     notes = []
     if ws is not None:
+        # A worktree a dead run left for a task that will run again would keep the task's
+        # branch checked out; those of failed tasks stay for inspection.
+        keep = {t.id for t in spec.tasks if t.status in ("fail", "blocked")}
+        for stale in ws.stale_worktrees():
+            if stale.spec == spec.name and stale.task_id not in keep:
+                ws.remove_worktree((stale.spec, stale.task_id), delete_branch=False)
         leftovers = ws.task_branches(spec.name)
         merged = {}
         for t in spec.tasks:
@@ -202,14 +208,16 @@ def prepare(spec: Spec, opts: RunOptions, run_id: str, reporter: Reporter | None
     store = TasksStore(spec.dir)
     events = EventLog(spec.dir, run_id)
     sweep_orphans(spec.runtime_dir / "workers")
+    sweep_spec_orphans(spec.dir)  # workers a killed runner had not recorded yet
     root = find_repo_root(spec.dir)
     ws: Workspace | None = None
-    if _needs_git(spec, opts):
-        if root is None:
-            raise InvalidInput(
-                f"{spec.dir}: not inside a git repository; tasks need one for their worktrees "
-                "(or use --isolation none for tasks that change nothing)"
-            )
+    if _needs_git(spec, opts) and root is None:
+        raise InvalidInput(
+            f"{spec.dir}: not inside a git repository; tasks need one for their worktrees "
+            "(or use --isolation none for tasks that change nothing)"
+        )
+    if root is not None and any((opts.isolation or t.isolation) == "worktree" for t in spec.tasks):
+        # Even when every task passed: a dead run may have left merged branches behind.
         ws = Workspace(root)
     # Everything that can refuse the run comes before the first write: invalid input
     # must change nothing.
