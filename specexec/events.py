@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from specexec.errors import SpecexecError
 from specexec.spec import RUNTIME_DIR
-from specexec.store import runtime_dir
+from specexec.store import open_error, runtime_dir
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class EventLog:
                     0o600,
                 )
             except OSError as e:
-                raise SpecexecError(f"{self.path}: cannot open: {e.strerror or e}") from None
+                raise open_error(self.path, "open", e) from None
             try:
                 if not self._checked_tail:
                     # A crash mid-line leaves no newline; start ours on a line of its own.

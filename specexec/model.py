@@ -484,14 +484,21 @@ def resolve_spec_dir(spec_dir: str | Path) -> Path:
     return p.absolute()
 
 
-def load_spec(spec_dir: str | Path) -> tuple[Spec, list[str]]:
-    """Read and validate a spec folder. Raises InvalidInput with every problem found."""
+def checked_spec_dir(spec_dir: str | Path) -> Path:
+    """The spec folder, refused if it (or a parent) is a symlink leading out of its repo."""
     d = resolve_spec_dir(spec_dir)
     root = find_repo_root(d)
     if root is not None:
         real_root, real_dir = os.path.realpath(root), os.path.realpath(d)
         if real_dir != real_root and not real_dir.startswith(real_root + os.sep):
             raise UnsafePath(f"{d}: the spec folder is a symlink leading out of its repository")
+    return d
+
+
+def load_spec(spec_dir: str | Path) -> tuple[Spec, list[str]]:
+    """Read and validate a spec folder. Raises InvalidInput with every problem found."""
+    d = checked_spec_dir(spec_dir)
+    root = find_repo_root(d)
     if os.path.lexists(d / PROMPT_OVERRIDE):
         # A template override that is a link out of the folder (or not a file) makes the
         # whole spec folder invalid up front, instead of failing every task at run time.

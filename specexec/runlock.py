@@ -27,7 +27,7 @@ import psutil
 from specexec.errors import Busy, SpecexecError
 from specexec.events import EventLog, utc_now
 from specexec.spec import RUNTIME_DIR
-from specexec.store import DELETE, TasksStore, runtime_dir, set_fields, task_objects
+from specexec.store import DELETE, TasksStore, open_error, runtime_dir, set_fields, task_objects
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class RunLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as e:
-            raise SpecexecError(f"{self.path}: cannot open: {e.strerror or e}") from None
+            raise open_error(self.path, "open", e) from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -239,7 +239,10 @@ class RunLock:
         Read-only: it neither creates files nor touches the lock, so it cannot make a
         starting run fail. Details naming a dead process (or a reused pid) mean None.
         """
-        info = _read_info(Path(spec_dir) / RUNTIME_DIR / RUN_LOCK_FILE)
+        runtime = Path(spec_dir) / RUNTIME_DIR
+        if runtime.is_symlink():  # planted: never read through it
+            return None
+        info = _read_info(runtime / RUN_LOCK_FILE)
         if info is None or is_alive(info) is False:
             return None
         return info

@@ -83,6 +83,31 @@ def runtime_dir(spec_dir: Path) -> Path:
     return path
 
 
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (mode 0700) if needed; refuse it if it is a symlink or a file.
+
+    Everything under ``.specexec`` may have been planted by whoever dropped the folder:
+    specexec never writes through a link there."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise SpecexecError(f"{path}: cannot create: {e.strerror or e}") from None
+    if path.is_symlink() or not path.is_dir():
+        raise UnsafePath(f"{path}: must be a directory, not a symbolic link or a file")
+    return path
+
+
+def open_error(path: Path, what: str, e: OSError) -> SpecexecError:
+    """The error for a failed open: a planted symlink (ELOOP) is unsafe input (exit 2)."""
+    if e.errno == errno.ELOOP:
+        return UnsafePath(
+            f"{path}: is a symbolic link; specexec does not follow links in .specexec"
+        )
+    return SpecexecError(f"{path}: cannot {what}: {e.strerror or e}")
+
+
 def _same(a: Any, b: Any) -> bool:
     # Strict: 1, 1.0 and true are different JSON values.
     if type(a) is not type(b):

@@ -42,6 +42,7 @@ from typing import Any
 import psutil
 
 from specexec.gitenv import clean_env
+from specexec.store import private_dir
 
 # Every attempt's first log line starts with this (results.py splits the log on it).
 ATTEMPT_HEADER = "=== specexec attempt"
@@ -245,7 +246,8 @@ def _register(registry_dir: Path, pid: int, command: str) -> Path | None:
     path = registry_dir / f"{pid}.json"
     tmp = registry_dir / f".{pid}.json.tmp"
     try:
-        registry_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        registry_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(registry_dir)  # never write records through a planted link
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(record, f)
@@ -265,6 +267,8 @@ def sweep_orphans(registry_dir: Path, *, grace_s: float = 2.0) -> list[int]:
     that are gone are removed; records of a live runner are left alone.
     """
     killed: list[int] = []
+    if registry_dir.is_symlink():  # planted: never read through it (recording refuses it)
+        return killed
     try:
         entries = sorted(registry_dir.glob("*.json"))
     except OSError:
@@ -281,7 +285,10 @@ def sweep_orphans(registry_dir: Path, *, grace_s: float = 2.0) -> list[int]:
             continue
         if _same_process(runner_pid, runner_time):
             continue  # its runner is alive and looks after it
-        if pgid > 1 and _is_recorded_group(pgid, leader_time):
+        # A record is only a hint: the folder may have been dropped by someone else, so
+        # a group is stopped only if its processes carry this spec folder's environment.
+        spec_dir = registry_dir.parent.parent
+        if pgid > 1 and _is_recorded_group(pgid, leader_time) and _group_of_spec(pgid, spec_dir):
             _stop_group(None, pgid, grace_s)
             killed.append(pgid)
         path.unlink(missing_ok=True)
@@ -312,6 +319,18 @@ def sweep_spec_orphans(spec_dir: Path, *, grace_s: float = 2.0) -> list[int]:
     for pgid in sorted(groups):
         _stop_group(None, pgid, grace_s)
     return sorted(groups)
+
+
+def _group_of_spec(pgid: int, spec_dir: Path) -> bool:
+    """Does a live member of the group carry SPECEXEC_SPEC_DIR == ``spec_dir``?"""
+    target = {str(spec_dir), str(spec_dir.absolute())}
+    for pid in live_group_members(pgid):
+        try:
+            if psutil.Process(pid).environ().get("SPECEXEC_SPEC_DIR") in target:
+                return True
+        except psutil.Error:
+            continue
+    return False
 
 
 def _is_recorded_group(pgid: int, leader_time: float) -> bool:

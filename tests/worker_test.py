@@ -299,7 +299,8 @@ RUNNER = textwrap.dedent(
     from pathlib import Path
     from specexec.worker import run_process
     registry, log, ready = map(Path, sys.argv[1:4])
-    run_process("sleep 999 & sleep 999 & wait", cwd=log.parent, env=dict(os.environ),
+    env = dict(os.environ, SPECEXEC_SPEC_DIR=str(registry.parent.parent))
+    run_process("sleep 999 & sleep 999 & wait", cwd=log.parent, env=env,
                 stdin_path=None, log_path=log, timeout_s=None, registry_dir=registry,
                 on_start=lambda pid: ready.write_text(str(pid)))
     """
@@ -309,7 +310,8 @@ RUNNER = textwrap.dedent(
 def test_sweep_orphans_kills_the_group_of_a_sigkilled_runner(
     tmp_path: Path, groups: list[int]
 ) -> None:
-    registry = tmp_path / "workers"
+    # Real workers carry their spec folder's SPECEXEC_SPEC_DIR; the sweep checks it.
+    registry = tmp_path / "spec" / ".specexec" / "workers"
     ready = tmp_path / "ready"
     script = tmp_path / "runner.py"
     script.write_text(RUNNER)

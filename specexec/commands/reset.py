@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from specexec.errors import InvalidInput
 from specexec.events import EventLog
+from specexec.model import checked_spec_dir
 from specexec.runlock import RunLock
 from specexec.store import DELETE, TasksStore, set_fields, task_objects
 
@@ -69,6 +70,7 @@ def reset_tasks(
 
 
 def reset(spec_dir: str, task_ids: Sequence[str] = (), failed: bool = False) -> int:
+    spec_dir = str(checked_spec_dir(spec_dir))  # the same folder checks as every command
     store = TasksStore(spec_dir)
     store.read()  # a missing or broken tasks.json is reported before anything is created
     with RunLock(spec_dir):

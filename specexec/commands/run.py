@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import sys
 import threading
@@ -25,7 +24,7 @@ from specexec.progress import Reporter, make_reporter
 from specexec.report import render_markdown, summary_lines
 from specexec.runlock import RunLock, recover_in_progress
 from specexec.spec import Spec
-from specexec.store import DELETE, CoalescingWriter, TasksStore
+from specexec.store import DELETE, CoalescingWriter, TasksStore, private_dir, runtime_dir
 from specexec.worker import sweep_orphans, sweep_spec_orphans
 from specexec.workspace import Workspace
 
@@ -65,10 +64,12 @@ def _workers(spec: Spec, opts: RunOptions) -> dict[str, Any]:
         if (p := preset_problem(w, t)) is not None:
             problems.append(f'{spec.tasks_file}: task "{t.id}": {p}')
         elif not opts.allow_commands and (
-            w is None or w.command is not None or w.preset in (None, "shell")
+            w is None or w.command is not None or w.preset in (None, "shell") or t.verify
         ):
+            # `verify` (or defaults.verify) is a shell command from the spec folder too.
+            what = "its own command" if not t.verify else f"a verify command ({t.verify!r})"
             problems.append(
-                f'{spec.tasks_file}: task "{t.id}": runs its own command, which the daemon '
+                f'{spec.tasks_file}: task "{t.id}": runs {what}, which the daemon '
                 "only allows with --allow-commands (or [tool.specexec] allow_commands = true)"
             )
     if problems:
@@ -235,9 +236,7 @@ def prepare(spec: Spec, opts: RunOptions, run_id: str, reporter: Reporter | None
     workers = _workers(spec, opts)
     plan = planner.make_plan(spec.tasks, opts.jobs)
     store.update(top={"execution_strategy": planner.execution_strategy(plan)})
-    run_dir = spec.runtime_dir / "runs" / run_id
-    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(spec.runtime_dir / "runs", 0o700)
+    run_dir = private_dir(private_dir(runtime_dir(spec.dir) / "runs") / run_id)
     waves = {tid: w.wave_id for w in plan.waves for tid in w.tasks}
     results = {
         t.id: dict(t.raw["result"]) for t in spec.tasks if isinstance(t.raw.get("result"), dict)

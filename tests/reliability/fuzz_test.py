@@ -22,6 +22,7 @@ import os
 import random
 import re
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -515,12 +516,13 @@ def test_hostile_tasks_json_through_real_processes(spec_dir: Path, data: bytes) 
 
 
 def test_deep_nesting_is_refused_fast(spec_dir: Path) -> None:
-    import time
-
-    (spec_dir / "tasks.json").write_text('{"tasks": [], "x": ' + nested(200_000) + "}")
-    began = time.monotonic()
+    """100,000 levels: a clean error naming line and column, in well under a second of
+    CPU (CPU time, not wall time: the machine may be busy)."""
+    (spec_dir / "context-summary.json").unlink(missing_ok=True)
+    (spec_dir / "tasks.json").write_text('{"tasks": [], "x": ' + nested(100_000) + "}")
+    began = time.process_time()
     assert check(["validate", str(spec_dir)], spec_dir, "tasks.json") == 2
-    assert time.monotonic() - began < 2.0
+    assert time.process_time() - began < 1.0
 
 
 def test_a_base_ref_that_looks_like_an_option_never_reaches_git(spec_dir: Path) -> None:

@@ -211,11 +211,6 @@ def test_allow_commands_lets_the_daemon_run_a_tasks_command(
     assert daemon.stop() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="commands/run.py _workers() gates the worker only: a dropped spec's `verify` (and "
-    "defaults.verify) is a shell command too, and the daemon runs it without --allow-commands",
-)
 def test_a_dropped_specs_verify_command_needs_allow_commands(
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:
@@ -238,11 +233,6 @@ def test_a_dropped_specs_verify_command_needs_allow_commands(
     assert f"{spec}: refused" in daemon.log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="worker.sweep_orphans trusts any record in the spec folder's .specexec/workers/: "
-    "a dropped folder can name a live process group and have specexec kill it",
-)
 def test_a_planted_worker_record_cannot_make_specexec_kill_a_process(repo: Path) -> None:
     victim = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
