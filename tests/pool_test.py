@@ -598,7 +598,7 @@ def test_a_pooled_run_reuses_worktrees_and_keeps_dependencies(tmp_path: Path) ->
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert all(t["status"] == "pass" for t in read_tasks(spec).values())
     pool_paths = [p for p in _worktree_paths(repo) if "/specexec/pool/" in p]
-    assert len(pool_paths) == 2  # at most --jobs, kept for the next run
+    assert 1 <= len(pool_paths) <= 2  # at most --jobs, kept for the next run
     # Later tasks found the first tasks' ignored dependency folder.
     seen = sum((Path(p) / ".venv" / "seen").exists() for p in pool_paths)
     assert seen >= 1

@@ -208,6 +208,9 @@ def prepare(spec: Spec, opts: RunOptions, run_id: str, reporter: Reporter | None
     """Everything a spec folder needs before its tasks start (run lock held)."""
     store = TasksStore(spec.dir)
     events = EventLog(spec.dir, run_id)
+    # First thing: a log that cannot be written (a planted link) refuses the run before
+    # tasks.json is touched.
+    events.append("run_started", jobs=opts.jobs, schedule=opts.schedule)
     sweep_orphans(spec.runtime_dir / "workers")
     sweep_spec_orphans(spec.dir)  # workers a killed runner had not recorded yet
     root = find_repo_root(spec.dir)

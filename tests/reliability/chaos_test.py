@@ -462,6 +462,11 @@ def summary(mode: str, trials: list[Trial]) -> str:
     )
 
 
+# The suite's default per-test timeout (300 s) is for one scenario; these run TRIALS of them.
+CHAOS_TIMEOUT = pytest.mark.timeout(120 + 20 * TRIALS)
+
+
+@CHAOS_TIMEOUT
 def test_sigkill_run_at_random_moments_then_restart(tmp_path: Path) -> None:
     trials = run_trials(tmp_path, "run")
     print(summary("run", trials))
@@ -470,6 +475,7 @@ def test_sigkill_run_at_random_moments_then_restart(tmp_path: Path) -> None:
     assert sum(len(t.recorded_groups) for t in trials) > 0
 
 
+@CHAOS_TIMEOUT
 def test_sigkill_watch_at_random_moments_then_restart(tmp_path: Path) -> None:
     trials = run_trials(tmp_path, "watch")
     print(summary("watch", trials))
