@@ -164,6 +164,6 @@ def test_reset_is_refused_while_a_run_holds_the_spec(tmp_path: Path) -> None:
 
 def test_missing_tasks_json(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InvalidInput, match="no tasks.json in this folder"):
+    with pytest.raises(InvalidInput, match=r"no tasks\.json in this folder"):
         reset(str(tmp_path / "empty"))
     assert not (tmp_path / "empty" / ".specexec").exists()
