@@ -39,6 +39,7 @@ from common import (
     BenchTask,
     Report,
     Target,
+    bench_env,
     init_repo,
     loadavg,
     median,
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         log = tmp / "daemon.log"
         cmd = [*SPECEXEC, "watch", str(watch), "--jobs", str(args.jobs), "--allow-commands"]
         with open(log, "wb") as err:
-            proc = subprocess.Popen(cmd, cwd=repo, stdout=err, stderr=err)
+            proc = subprocess.Popen(cmd, cwd=repo, env=bench_env(), stdout=err, stderr=err)
         try:
             p = psutil.Process(proc.pid)
             settle = wait_quiet(p)

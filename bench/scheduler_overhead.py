@@ -35,6 +35,7 @@ from common import (
     Measured,
     Report,
     Target,
+    bench_env,
     best,
     check,
     init_repo,
@@ -74,7 +75,9 @@ def profile(spec: Path, tasks: list[BenchTask], jobs: int, repo: Path, top: int 
     cmd = [pyspy, "record", "--gil", "-r", "200", "-f", "raw", "-o", str(raw), "--"]
     cmd += [*SPECEXEC, "run", str(spec.relative_to(repo)), "--isolation", "none"]
     cmd += ["--jobs", str(jobs)]
-    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        cmd, cwd=repo, env=bench_env(), capture_output=True, text=True, check=False
+    )
     if not raw.exists():
         return f"py-spy failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}"
     return summarize_profile(raw.read_text(), top)

@@ -56,8 +56,9 @@ from specexec.model import find_repo_root, load_spec
 from specexec.progress import clean, describe
 from specexec.report import summary_lines
 from specexec.runlock import RunLock
-from specexec.spec import RUNTIME_DIR, TASKS_FILE
+from specexec.spec import RUNTIME_DIR, TASKS_FILE, Spec
 from specexec.store import runtime_dir
+from specexec.workspace import Workspace
 
 log = logging.getLogger("specexec.daemon")
 
@@ -131,6 +132,18 @@ def signature(spec_dir: Path) -> Signature | None:
         with contextlib.suppress(OSError):
             config = os.stat(repo / "pyproject.toml").st_mtime_ns
     return Signature(h.hexdigest(), fst.st_uid, fst.st_mode, dst.st_uid, dst.st_mode, config)
+
+
+def _left_merged_branches(spec: Spec, repo: Path | None) -> bool:
+    """Does the repository still hold branches of tasks that passed? A run killed after
+    its last write of tasks.json leaves them; only a run's recovery removes them."""
+    if repo is None:
+        return False
+    passed = {t.id for t in spec.tasks if t.status == "pass"}
+    try:
+        return bool(passed & Workspace(repo).task_branches(spec.name))
+    except SpecexecError:
+        return False
 
 
 def trust_problem(spec_dir: Path) -> str | None:
@@ -530,7 +543,8 @@ class Daemon:
             for t in spec.tasks
             if t.status == "pending" or (t.status == "in_progress" and holder is None)
         )
-        if not pending:
+        cleanup = not pending and holder is None and _left_merged_branches(spec, repo)
+        if not pending and not cleanup:
             self._seen[spec_dir] = sig
             clear_refusal(spec_dir)
             return
@@ -558,7 +572,10 @@ class Daemon:
         )
         self._running[spec_dir] = running
         self.runs_started += 1
-        log.info("[%s] run: %d pending task(s) in %s", spec.name, len(pending), spec_dir)
+        if cleanup:
+            log.info("[%s] run: removing the task branches a killed run left", spec.name)
+        else:
+            log.info("[%s] run: %d pending task(s) in %s", spec.name, len(pending), spec_dir)
         running.thread.start()
 
     def _run_thread(self, running: _Running, opts: RunOptions) -> None:

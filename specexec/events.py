@@ -11,7 +11,8 @@ import json
 import logging
 import os
 import threading
-from datetime import UTC, datetime
+import time
+import weakref
 from pathlib import Path
 from typing import Any, Final
 
@@ -26,7 +27,9 @@ EVENTS_FILE: Final = "events.jsonl"
 
 def utc_now() -> str:
     """ISO 8601 UTC with milliseconds, e.g. ``2025-01-31T12:00:00.123Z``."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    now = time.time()
+    ms = min(int(now % 1 * 1000), 999)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{ms:03d}Z"
 
 
 def events_path(spec_dir: str | os.PathLike[str]) -> Path:
@@ -36,12 +39,16 @@ def events_path(spec_dir: str | os.PathLike[str]) -> Path:
 class EventLog:
     """Appends events for one spec folder (and one run, if ``run_id`` is given)."""
 
+    REOPEN_CHECK_S = 1.0
+
     def __init__(self, spec_dir: str | os.PathLike[str], run_id: str | None = None) -> None:
         self.spec_dir = Path(spec_dir)
         self.path = events_path(self.spec_dir)
         self.run_id = run_id
-        self._checked_tail = False
         self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._checked = 0.0  # when the path was last seen to be our file
+        self._finalizer: weakref.finalize[[int], EventLog] | None = None
 
     def append(self, kind: str, **fields: Any) -> dict[str, Any]:
         """Record one event; returns it. Free fields follow the standard ones
@@ -72,30 +79,62 @@ class EventLog:
 
     def _write(self, data: bytes) -> None:
         with self._lock:
+            fd = self._open()
             try:
-                runtime_dir(self.spec_dir)
-                fd = os.open(
-                    self.path,
-                    os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o600,
-                )
-            except OSError as e:
-                raise open_error(self.path, "open", e) from None
-            try:
-                if not self._checked_tail:
-                    # A crash mid-line leaves no newline; start ours on a line of its own.
-                    # (At worst this adds an empty line, which readers skip.)
-                    size = os.fstat(fd).st_size
-                    if size and os.pread(fd, 1, size - 1) != b"\n":
-                        data = b"\n" + data
-                    self._checked_tail = True
                 written = os.write(fd, data)
                 while written < len(data):  # not expected for regular files
                     written += os.write(fd, data[written:])
             except OSError as e:
                 raise SpecexecError(f"{self.path}: cannot append: {e.strerror or e}") from None
-            finally:
-                os.close(fd)
+
+    def _open(self) -> int:
+        """The append descriptor, kept open between events (a run appends thousands);
+        opened again if the file was removed or replaced meanwhile. That is looked at
+        once per REOPEN_CHECK_S, not per event: the run loop appends, and every system
+        call it makes hands the GIL to the task threads."""
+        if self._fd is not None:
+            now = time.monotonic()
+            if now - self._checked < self.REOPEN_CHECK_S:
+                return self._fd
+            try:
+                if _same_inode(os.fstat(self._fd), os.lstat(self.path)):
+                    self._checked = now
+                    return self._fd
+            except OSError:
+                pass
+            self.close()
+        try:
+            runtime_dir(self.spec_dir)
+            fd = os.open(
+                self.path,
+                os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+            )
+        except OSError as e:
+            raise open_error(self.path, "open", e) from None
+        try:
+            # A crash mid-line leaves no newline; start ours on a line of its own.
+            # (At worst this adds an empty line, which readers skip.)
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                os.write(fd, b"\n")
+        except OSError as e:
+            os.close(fd)
+            raise SpecexecError(f"{self.path}: cannot append: {e.strerror or e}") from None
+        self._fd = fd
+        self._checked = time.monotonic()
+        self._finalizer = weakref.finalize(self, os.close, fd)
+        return fd
+
+    def close(self) -> None:
+        """Close the descriptor (it is also closed when the log is garbage-collected)."""
+        if self._finalizer is not None:
+            self._finalizer()
+        self._fd = self._finalizer = None
+
+
+def _same_inode(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def read_events(spec_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ worker threads run one task each and report back through a queue."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import queue
 import secrets
 import threading
@@ -25,6 +26,7 @@ from specexec.prompt import MergedInput, ParallelContext
 from specexec.report import TaskRecord, run_metrics
 from specexec.spec import Spec, Task, WorkerConfig
 from specexec.store import DELETE, CoalescingWriter, TasksStore
+from specexec.worker import worker_env
 from specexec.workspace import Workspace
 
 Key = tuple[str, str]
@@ -62,8 +64,7 @@ def new_run_id() -> str:
 
 
 def utc_iso(t: float | None = None) -> str:
-    when = dt.datetime.fromtimestamp(t if t is not None else time.time(), dt.UTC)
-    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 @dataclass
@@ -79,10 +80,16 @@ class SpecRun:
     workers: dict[str, WorkerConfig | None]
     waves: dict[str, int]
     results: dict[str, dict[str, Any]]  # task id -> parsed result (this run or earlier)
+    plan: planner.Plan | None = None  # of spec.tasks at opts.jobs, if already made
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @functools.cached_property
+    def repo_root(self) -> Path:
+        """Where workers run with isolation "none"."""
+        return find_repo_root(self.spec.dir) or self.spec.dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,9 +153,9 @@ class Executor:
         self.stopping = False
         self.interrupted = False
         self.pending_at_start = sum(1 for r in runs for t in r.spec.tasks if t.status == "pending")
-        self.critical = {
-            r.name: planner.make_plan(r.spec.tasks, opts.jobs).critical_path for r in runs
-        }
+        self.plans = {r.name: r.plan or planner.make_plan(r.spec.tasks, opts.jobs) for r in runs}
+        self.critical = {name: plan.critical_path for name, plan in self.plans.items()}
+        self.base_env = worker_env(None)
         # Seconds per estimated minute, learnt from finished tasks (for the ETA).
         self._pace: list[float] = []
 
@@ -210,7 +217,6 @@ class Executor:
         isolation = self.opts.isolation or task.isolation
         ws = r.workspace if isolation == "worktree" else None
         wt_pool = self.worktree_pools.get(ws.common_dir) if ws is not None else None
-        repo_root = find_repo_root(r.spec.dir) or r.spec.dir
 
         def make(attempt: int, timeout: float) -> taskrun.AttemptContext:
             return taskrun.AttemptContext(
@@ -222,7 +228,7 @@ class Executor:
                 attempt=attempt,
                 timeout_minutes=timeout,
                 workspace=ws,
-                cwd=repo_root,
+                cwd=r.repo_root,
                 parallel=parallel,
                 inputs=inputs,
                 merged=merged,
@@ -232,6 +238,7 @@ class Executor:
                 registry_dir=r.spec.runtime_dir / "workers",
                 grace_s=self.opts.grace_s,
                 pool=wt_pool,
+                base_env=self.base_env,
             )
 
         return make
@@ -370,9 +377,7 @@ class Executor:
                     records.append(self.records[key])
         waves = []
         for r in self.runs.values():
-            waves.extend(
-                planner.execution_strategy(planner.make_plan(r.spec.tasks, self.opts.jobs))["waves"]
-            )
+            waves.extend(planner.execution_strategy(self.plans[r.name])["waves"])
         return run_metrics(
             run_id=self.run_id,
             specs=list(self.runs),

@@ -411,4 +411,76 @@ def _encode_into(o: Any, level: int, out: Callable[[str], None]) -> None:
 def encode(doc: Any) -> bytes:
     """``dumps`` as UTF-8. A lone surrogate (from text decoded with surrogateescape) is
     written as its ``\\udcXX`` JSON escape, so the file stays valid UTF-8 and round-trips."""
-    return dumps(doc).encode("utf-8", "backslashreplace")
+    return _utf8(dumps(doc))
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "backslashreplace")
+
+
+_ITEM_SEP: Final = _utf8("," + _NEWLINE_INDENT[2])
+
+
+class IncrementalEncoder:
+    """``encode`` for a document that changes a little between writes: the encoding of
+    each dict in the list ``doc[key]`` is kept and reused for that very object.
+
+    Whoever changes such a dict (or anything in it) in place must ``forget`` it first,
+    or ``clear``. An entry holds its object, so no other object can take its ``id``.
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self._texts: dict[int, tuple[dict[str, Any], bytes]] = {}
+
+    def forget(self, item: object) -> None:
+        self._texts.pop(id(item), None)
+
+    def clear(self) -> None:
+        self._texts.clear()
+
+    def encode(self, doc: Any) -> bytes:
+        """Exactly ``encode(doc)``."""
+        items = doc.get(self.key) if type(doc) is dict else None
+        if type(items) is not list or not items:
+            return encode(doc)
+        texts: dict[int, tuple[dict[str, Any], bytes]] = {}
+        parts: list[bytes] = []
+        out: list[str] = []  # the text after the last of ``parts``
+        sep = "{"
+        try:
+            # _encode_into(doc, 0, ...) with the list's items spliced in as bytes.
+            for key, value in doc.items():
+                if type(key) is not str:
+                    raise _Unusual
+                out += (sep, _NEWLINE_INDENT[1], _encode_str(key), ": ")
+                if key != self.key:
+                    _encode_into(value, 1, out.append)
+                else:
+                    out.append("[" + _NEWLINE_INDENT[2])
+                    parts.append(_utf8("".join(out)))
+                    out.clear()
+                    for i, item in enumerate(items):
+                        if i:
+                            parts.append(_ITEM_SEP)
+                        parts.append(self._item(item, texts))
+                    out.append(_NEWLINE_INDENT[1] + "]")
+                sep = ","
+        except _Unusual:
+            return encode(doc)  # the stdlib's way; the kept entries are still right
+        out.append("\n}\n")
+        parts.append(_utf8("".join(out)))
+        self._texts = texts  # only this document's items: the rest can be freed
+        return b"".join(parts)
+
+    def _item(self, item: Any, texts: dict[int, tuple[dict[str, Any], bytes]]) -> bytes:
+        entry = self._texts.get(id(item))
+        if entry is not None and entry[0] is item:
+            text = entry[1]
+        else:
+            out: list[str] = []
+            _encode_into(item, 2, out.append)
+            text = _utf8("".join(out))
+        if type(item) is dict:
+            texts[id(item)] = (item, text)
+        return text

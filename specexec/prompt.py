@@ -240,6 +240,22 @@ def _project_vars(context: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# The last spec contexts seen, by identity: every task of a spec shares its context, and
+# copying a large context-summary.json for each task would cost more than rendering.
+_CONTEXTS: dict[int, tuple[Mapping[str, Any], dict[str, Any]]] = {}
+
+
+def _context_vars(context: Mapping[str, Any]) -> dict[str, Any]:
+    hit = _CONTEXTS.get(id(context))
+    if hit is not None and hit[0] is context:
+        return hit[1]
+    variables = {"project": _project_vars(context), "context": _plain(context)}
+    if len(_CONTEXTS) >= 16:
+        _CONTEXTS.clear()
+    _CONTEXTS[id(context)] = (context, variables)
+    return variables
+
+
 def render_prompt(
     spec: Spec,
     task: Task,
@@ -253,8 +269,7 @@ def render_prompt(
     variables = {
         "task": _task_vars(spec, task),
         "spec": {"name": spec.name, "dir": str(spec.dir)},
-        "project": _project_vars(spec.context),
-        "context": _plain(spec.context),
+        **_context_vars(spec.context),
         "parallel": {
             "wave": parallel.wave,
             "concurrent_tasks": list(parallel.concurrent_tasks),

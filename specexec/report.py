@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from specexec import fmt
@@ -44,6 +44,9 @@ class TaskRecord:
         return (self.end - self.start) if self.start is not None and self.end is not None else 0.0
 
 
+_RECORD_FIELDS = tuple(f.name for f in fields(TaskRecord))
+
+
 def run_metrics(
     *,
     run_id: str,
@@ -59,6 +62,7 @@ def run_metrics(
 ) -> dict[str, Any]:
     """The figures of pattern 001/003 for one run."""
     ran = [r for r in records if r.start is not None]
+    critical = set(critical_path)
     wall = max(finished - started, 1e-9)
     task_sum = sum(r.seconds for r in ran)
     spawned = sum(r.attempts for r in ran)
@@ -92,9 +96,7 @@ def run_metrics(
         "speedup": round(speedup, 3),
         "parallel_efficiency": round(speedup / jobs, 3) if jobs else 0.0,
         "critical_path": list(critical_path),
-        "critical_path_seconds": round(
-            sum(r.seconds for r in ran if r.task in set(critical_path)), 3
-        ),
+        "critical_path_seconds": round(sum(r.seconds for r in ran if r.task in critical), 3),
         "max_concurrent": peak,
         "waves": list(waves),
         "tasks_total": len(records),
@@ -109,7 +111,11 @@ def run_metrics(
         "coordination_overhead_seconds": round(overhead, 3),
         "cost_usd": round(sum(costs), 6) if costs else None,
         "integration_branches": list(integration_branches),
-        "records": [asdict(r) | {"seconds": round(r.seconds, 3)} for r in records],
+        # Shallow (asdict deep-copies every value): the document is only serialised.
+        "records": [
+            {f: getattr(r, f) for f in _RECORD_FIELDS} | {"seconds": round(r.seconds, 3)}
+            for r in records
+        ],
     }
 
 

@@ -61,7 +61,7 @@ DELETE: Final = _Delete.DELETE
 
 @dataclass(frozen=True, slots=True)
 class UpdateResult:
-    doc: dict[str, Any]  # the document now on disk
+    doc: dict[str, Any]  # the document now on disk (the store keeps using it: do not modify)
     written: bool  # False when the changes were already in the file
     missing: tuple[str, ...] = ()  # task ids not in the current file (skipped)
 
@@ -157,6 +157,8 @@ class TasksStore:
         # The document as this store last wrote it, keyed by the file's identity then:
         # while nobody else touched the file, the next update need not parse it again.
         self._cache: tuple[tuple[int, int, int, int], dict[str, Any]] | None = None
+        # The encoding of each task as last written: a write re-encodes only changed tasks.
+        self._encoder = jsonio.IncrementalEncoder("tasks")
 
     # -- reading -------------------------------------------------------------------
 
@@ -222,6 +224,7 @@ class TasksStore:
                     )
                 for tid, fields in tasks.items():
                     if tid in by_id:
+                        self._encoder.forget(by_id[tid])  # its cached encoding goes stale
                         changed = set_fields(by_id[tid], fields) or changed
             return changed
 
@@ -246,7 +249,12 @@ class TasksStore:
         """Under the lock: read the current document, let ``change`` modify it in place
         and say whether it changed anything, and if so write it. Returns (document,
         written). ``change`` may run more than once if the file is edited meanwhile."""
-        return self._edit(change, checked=False)
+
+        def change_any(doc: dict[str, Any]) -> bool:
+            self._encoder.clear()  # ``change`` may modify any task in place
+            return change(doc)
+
+        return self._edit(change_any, checked=False)
 
     def _current(self) -> tuple[dict[str, Any], os.stat_result]:
         """The document on disk: our cached copy if the file is the one we wrote."""
@@ -286,7 +294,7 @@ class TasksStore:
                 f"{self.path}: refusing to write a document nested deeper than "
                 f"{jsonio.MAX_DEPTH} levels (it could not be loaded again); the file was left unchanged"
             )
-        payload = jsonio.encode(doc)
+        payload = self._encoder.encode(doc)
         if len(payload) > jsonio.MAX_BYTES:
             raise InvalidInput(
                 f"{self.path}: refusing to write {len(payload)} bytes, more than the "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,9 @@ class AttemptContext:
     registry_dir: Path
     grace_s: float = 5.0
     pool: WorktreePool | None = None  # None: a fresh worktree per attempt (--no-pool)
+    # The workers' environment before the SPECEXEC_* variables (worker_env(None)), made
+    # once per run: cleaning os.environ for every task costs more than starting `true`.
+    base_env: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +66,16 @@ class AttemptOutcome:
 
 
 def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     # Task fields may hold lone surrogates (JSON allows "\ud800"): keep them visible as
     # escapes rather than failing the task.
-    with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
-        f.write(text)
+    data = text.encode("utf-8", "backslashreplace")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def _inputs_doc(ctx: AttemptContext) -> dict[str, Any]:
@@ -112,7 +120,9 @@ def run_attempt(ctx: AttemptContext) -> AttemptOutcome:
         )
         _write_private(files["prompt.md"], prompt)
         _write_private(
-            files["inputs.json"], json.dumps(_inputs_doc(ctx), indent=2, ensure_ascii=False)
+            # Compact: with an indent, json runs its pure-Python encoder.
+            files["inputs.json"],
+            json.dumps(_inputs_doc(ctx), ensure_ascii=False) + "\n",
         )
         placeholders = {
             "prompt_file": str(files["prompt.md"]),
@@ -122,7 +132,7 @@ def run_attempt(ctx: AttemptContext) -> AttemptOutcome:
         }
         inv = build_invocation(ctx.worker, task, spec, placeholders)
         env = worker_env(
-            None,
+            ctx.base_env,
             task_id=task.id,
             spec_dir=spec.dir,
             worktree=cwd,

@@ -11,10 +11,12 @@ Guarantees (DESIGN §3.3-3.4):
   gets SIGTERM, then SIGKILL after ``grace_s``. After the leader exits on its own, anything
   left in its group (``cmd &``) is stopped the same way. A process that calls ``setsid``
   itself leaves the group and is out of reach (that would need cgroups).
-- If the runner itself is SIGKILLed, nothing in-process can clean up. Two safety nets:
-  the leader gets PR_SET_PDEATHSIG(SIGTERM) on Linux, and every live worker is recorded
-  in a registry directory (pgid + leader start time) that ``sweep_orphans`` reads at the
-  next start to kill groups whose runner is gone.
+- If the runner itself is SIGKILLed, nothing in-process can clean up. Every live worker
+  is recorded in a registry directory (pgid + leader start time), and two safety nets read
+  it: a small guardian process (one per runner) stops the recorded groups as soon as the
+  runner is gone, and ``sweep_orphans`` does the same at the next start. (No
+  PR_SET_PDEATHSIG: any preexec_fn makes CPython fork the whole interpreter instead of
+  vfork, which made every worker start several times slower.)
 
 Zombies count as dead everywhere here: a container's PID 1 may never reap orphans.
 """
@@ -22,13 +24,13 @@ Zombies count as dead everywhere here: a container's PID 1 may never reap orphan
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import datetime as _dt
 import functools
 import json
+import logging
 import os
+import select
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,8 +43,11 @@ from typing import Any
 
 import psutil
 
+from specexec.errors import SpecexecError
 from specexec.gitenv import clean_env
 from specexec.store import private_dir
+
+log = logging.getLogger(__name__)
 
 # Every attempt's first log line starts with this (results.py splits the log on it).
 ATTEMPT_HEADER = "=== specexec attempt"
@@ -63,6 +68,8 @@ ENV_VARS = {
 
 # How often a cancel event is looked at while the worker runs (Popen.wait in slices).
 _CANCEL_SLICE_S = 0.1
+# A worker still running after this long is recorded in the registry (see run_process).
+_REGISTER_AFTER_S = 0.05
 # How often a group of processes we cannot wait() for is checked while it dies.
 _GROUP_POLL_S = 0.02
 # After SIGKILL, how long to wait for the kernel to finish the job before giving up.
@@ -105,50 +112,6 @@ def worker_env(base: Mapping[str, str] | None = None, **specexec_vars: object) -
         if value is not None:
             env[name] = str(value)
     return env
-
-
-# --------------------------------------------------------------------------- pdeathsig
-
-_PR_SET_PDEATHSIG = 1
-
-
-@functools.cache
-def _prctl() -> Any:
-    """libc's prctl, resolved once in the parent (never inside the forked child)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.prctl
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-def _pdeathsig_preexec(parent_pid: int) -> Callable[[], None] | None:
-    """A preexec_fn that asks the kernel to SIGTERM the leader when the runner dies.
-
-    preexec_fn runs between fork and exec, where taking a lock that another thread held
-    at fork time would deadlock. This one takes none: the ctypes function is resolved
-    beforehand, the call only converts small ints, and CPython re-initialises the GIL in
-    the child. The new session itself comes from start_new_session (done in C).
-    The signal follows the death of the *thread* that forked; run_process blocks that
-    thread until the worker ends, so the two coincide. Only the leader is covered;
-    the rest of the group is handled by the registry and sweep_orphans.
-    """
-    prctl = _prctl()
-    if prctl is None:
-        return None
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        # The runner may have died between fork and prctl: then nobody will signal us.
-        if os.getppid() != parent_pid:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return preexec
 
 
 # --------------------------------------------------------------------------- groups
@@ -216,6 +179,33 @@ def _self_identity() -> tuple[int, float]:
     return os.getpid(), psutil.Process().create_time()
 
 
+@functools.cache
+def _boot_time() -> float:
+    return float(psutil.boot_time())
+
+
+def _start_time(pid: int) -> float | None:
+    """When ``pid`` started, as psutil's create_time() gives it (None: it is gone).
+
+    Read straight from /proc on Linux: psutil builds a Process and parses the whole
+    file, which costs more than starting a small worker."""
+    if sys.platform.startswith("linux"):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            return None
+        # Field 22 (starttime, clock ticks since boot), counted from the end of the
+        # command name, which may itself hold spaces and parentheses.
+        fields = data[data.rfind(b")") + 2 :].split()
+        if len(fields) > 19:
+            return _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
 def _same_process(pid: int, create_time: float) -> bool:
     """True when ``pid`` is alive (not a zombie) and started at ``create_time``."""
     try:
@@ -228,11 +218,13 @@ def _same_process(pid: int, create_time: float) -> bool:
         return False
 
 
+_checked_registries: set[Path] = set()
+
+
 def _register(registry_dir: Path, pid: int, command: str) -> Path | None:
     """Record a live worker group; best effort (a failure must not fail the task)."""
-    try:
-        create_time = psutil.Process(pid).create_time()
-    except psutil.Error:
+    create_time = _start_time(pid)
+    if create_time is None:
         return None  # already gone: nothing to sweep later
     runner_pid, runner_time = _self_identity()
     record = {
@@ -244,17 +236,118 @@ def _register(registry_dir: Path, pid: int, command: str) -> Path | None:
         "command": command,
     }
     path = registry_dir / f"{pid}.json"
-    tmp = registry_dir / f".{pid}.json.tmp"
     try:
-        registry_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        private_dir(registry_dir)  # never write records through a planted link
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
-        os.replace(tmp, path)
-    except OSError:
+        if registry_dir not in _checked_registries:
+            registry_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(registry_dir)  # never write records through a planted link
+            _checked_registries.add(registry_dir)
+        # One write, no rename: a record torn by a crash does not parse, is dropped by
+        # the sweep, and its group is found by sweep_spec_orphans instead.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, json.dumps(record).encode())
+        finally:
+            os.close(fd)
+    except (OSError, SpecexecError):
+        _checked_registries.discard(registry_dir)  # removed meanwhile: check it again
         return None
     return path
+
+
+# --------------------------------------------------------------------------- guardian
+
+# The guardian's program: it reads registry folders, one per line, until EOF. EOF comes
+# when the runner has exited or was killed (only the runner holds the pipe's write end);
+# once the runner is gone it stops the groups still recorded there. Nothing is imported
+# until then: an idle guardian costs one small process.
+_GUARDIAN = """
+import os, sys
+runner = int(sys.argv[1])
+try:
+    # Asked of the runner's pid, not of getppid(): the runner may already be gone.
+    pidfd = os.pidfd_open(runner) if os.getppid() == runner else None
+except (AttributeError, OSError):
+    pidfd = None
+dirs = [os.fsdecode(line.rstrip(b"\\n")) for line in sys.stdin.buffer]
+if any(name.endswith(".json") for d in dirs if os.path.isdir(d) for name in os.listdir(d)):
+    import select, time
+    if pidfd is not None:
+        select.select([pidfd], [], [], 10.0)  # readable once the runner has exited
+    else:
+        deadline = time.monotonic() + 10.0
+        while os.getppid() == runner and time.monotonic() < deadline:
+            time.sleep(0.02)
+    sys.path.insert(0, {package_root!r})
+    from pathlib import Path
+    from specexec.worker import sweep_orphans
+    for d in dirs:
+        sweep_orphans(Path(d))
+"""
+
+
+class _Guardian:
+    """One guardian process per runner process, told about each registry folder."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.owner = 0  # the pid that started ``proc``: a forked child needs its own
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.dirs: list[Path] = []  # every folder it was told about, in order
+
+    def watch(self, registry_dir: Path) -> None:
+        with self.lock:
+            try:
+                if self.proc is None or self.owner != os.getpid() or self.proc.poll() is not None:
+                    # (Re)started: a new guardian must hear of every folder again.
+                    if self.owner != os.getpid():
+                        self.dirs = []
+                    self._start()
+                    self._send(self.dirs)
+                if registry_dir not in self.dirs:
+                    self._send([registry_dir])
+                    self.dirs.append(registry_dir)
+            except OSError as e:
+                # Best effort: the registry and the next run's sweeps still cover it.
+                log.warning("worker guardian unavailable: %s", e)
+
+    def _send(self, dirs: list[Path]) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        if dirs:
+            self.proc.stdin.write(b"".join(os.fsencode(d) + b"\n" for d in dirs))
+            self.proc.stdin.flush()
+
+    def _start(self) -> None:
+        package_root = str(Path(__file__).resolve().parent.parent)
+        self.owner = os.getpid()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _GUARDIAN.format(package_root=package_root), str(os.getpid())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=clean_env(),
+            # Its own session: Ctrl-C or a hangup aimed at the runner's group spares it.
+            start_new_session=True,
+            close_fds=True,
+        )
+
+    @property
+    def pid(self) -> int | None:
+        with self.lock:
+            return self.proc.pid if self.proc is not None and self.owner == os.getpid() else None
+
+
+_guardian = _Guardian()
+
+
+def guard(registry_dir: Path) -> None:
+    """Have the guardian stop the worker groups recorded in ``registry_dir`` as soon as
+    this process dies (a SIGKILLed runner cannot clean up after itself)."""
+    _guardian.watch(registry_dir)
+
+
+def guardian_pid() -> int | None:
+    """The pid of this process's guardian (None before the first worker started)."""
+    return _guardian.pid
 
 
 def sweep_orphans(registry_dir: Path, *, grace_s: float = 2.0) -> list[int]:
@@ -363,8 +456,15 @@ def _describe(command: Sequence[str] | str) -> str:
     return command if isinstance(command, str) else shlex.join(command)
 
 
+@functools.cache
+def _shell() -> str:
+    # Found once: exec would otherwise try every PATH entry before sh's for each worker.
+    return shutil.which("sh") or "sh"
+
+
 def _open_log(log_path: Path) -> int:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    if not log_path.parent.is_dir():
+        log_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     # A log that existed with wider permissions (or a umask-less create) is narrowed.
     with contextlib.suppress(OSError):
@@ -381,7 +481,7 @@ def _write(fd: int, text: str) -> None:
 
 def _header(fd: int, command: Sequence[str] | str, cwd: Path, env: Mapping[str, str]) -> None:
     start = "\n" if os.fstat(fd).st_size > 0 else ""
-    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     attempt = env.get("SPECEXEC_ATTEMPT", "?")
     # One line, always: results.py takes everything after the header line as output.
     shown = _describe(command).replace("\r", "\\r").replace("\n", "\\n")
@@ -417,9 +517,10 @@ def run_process(
 
     stdin is ``stdin_path`` (else /dev/null). Never raises for a command that cannot be
     started: ``start_error`` says why. An exception in the calling thread (Ctrl-C) stops
-    the group before it propagates. ``on_start(pid)`` is called once the process runs.
+    the group before it propagates. ``on_start(pid)`` is called once the process runs
+    (with ``registry_dir``: once it is recorded, or has already ended).
     """
-    argv: list[str] = ["sh", "-c", command] if isinstance(command, str) else list(command)
+    argv: list[str] = [_shell(), "-c", command] if isinstance(command, str) else list(command)
     if not argv:
         return ProcessOutcome(None, False, False, 0.0, 0, "empty command")
     if cancel is not None and cancel.is_set():
@@ -442,7 +543,6 @@ def run_process(
                 stderr=log_fd,
                 start_new_session=True,
                 close_fds=True,
-                preexec_fn=_pdeathsig_preexec(os.getpid()),
             )
         except OSError as exc:
             if stdin_path is not None and stdin is subprocess.DEVNULL:
@@ -451,17 +551,27 @@ def run_process(
                 message = _start_error(exc, argv[0], cwd)
             _write(log_fd, f"{ATTEMPT_FOOTER} {message} ===\n")
             return ProcessOutcome(None, False, False, time.monotonic() - began, 0, message)
-        except subprocess.SubprocessError as exc:  # preexec_fn failed
-            message = f"cannot start {argv[0]!r}: {exc}"
-            _write(log_fd, f"{ATTEMPT_FOOTER} {message} ===\n")
-            return ProcessOutcome(None, False, False, time.monotonic() - began, 0, message)
         pgid = proc.pid  # start_new_session: the leader's pid is the group id
+        deadline = None if timeout_s is None else began + max(0.0, timeout_s)
+        pidfd = _pidfd(proc.pid)
         try:
+            timed_out = cancelled = False
             if registry_dir is not None:
-                registered = _register(registry_dir, proc.pid, _describe(command))
+                # Recorded only if still running after a moment: most short workers are
+                # done by then, and reading a process's start time while it is still
+                # in exec() blocks for about a millisecond. A runner killed within that
+                # moment leaves the group to the next run's sweep_spec_orphans.
+                soon = time.monotonic() + _REGISTER_AFTER_S
+                early = soon if deadline is None else min(soon, deadline)
+                timed_out, cancelled = _wait(proc, pidfd, early, cancel)
+                if timed_out and not cancelled:
+                    registered = _register(registry_dir, proc.pid, _describe(command))
+                    guard(registry_dir)
+                    timed_out = False
             if on_start is not None:
                 on_start(proc.pid)
-            timed_out, cancelled = _wait(proc, timeout_s, cancel)
+            if proc.returncode is None and not cancelled:
+                timed_out, cancelled = _wait(proc, pidfd, deadline, cancel)
             if timed_out or cancelled:
                 _stop_group(proc, pgid, grace_s)
             elif live_group_members(pgid):
@@ -470,6 +580,9 @@ def run_process(
         except BaseException:
             _stop_group(proc, pgid, min(grace_s, 1.0))
             raise
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
         duration = time.monotonic() - began
         rc = proc.returncode
         why = "timed out" if timed_out else "cancelled" if cancelled else f"exit {rc}"
@@ -484,14 +597,18 @@ def run_process(
 
 
 def _wait(
-    proc: subprocess.Popen[bytes], timeout_s: float | None, cancel: threading.Event | None
+    proc: subprocess.Popen[bytes],
+    pidfd: int | None,
+    deadline: float | None,
+    cancel: threading.Event | None,
 ) -> tuple[bool, bool]:
-    """Block until the leader exits, the timeout passes or ``cancel`` is set.
+    """Block until the leader exits, ``deadline`` (monotonic) passes or ``cancel`` is
+    set; returns (timed_out, cancelled).
 
-    Popen.wait(timeout) sleeps between checks; with a cancel event it is called in short
-    slices so a cancel is seen within _CANCEL_SLICE_S.
+    A pidfd wakes us the moment the leader exits (Popen.wait(timeout) polls with growing
+    sleeps, adding up to milliseconds to every short task); the cancel event is looked
+    at every _CANCEL_SLICE_S.
     """
-    deadline = None if timeout_s is None else time.monotonic() + max(0.0, timeout_s)
     while True:
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
@@ -499,10 +616,22 @@ def _wait(
         step = remaining
         if cancel is not None:
             step = _CANCEL_SLICE_S if remaining is None else min(_CANCEL_SLICE_S, remaining)
-        try:
-            proc.wait(timeout=step)
-            return False, False
-        except subprocess.TimeoutExpired:
-            pass
+        if pidfd is not None:
+            if select.select([pidfd], [], [], step)[0]:
+                proc.wait()
+                return False, False
+        else:
+            try:
+                proc.wait(timeout=step)
+                return False, False
+            except subprocess.TimeoutExpired:
+                pass
         if cancel is not None and cancel.is_set():
             return False, True
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3
+        return None

@@ -71,6 +71,25 @@ def test_a_truncated_last_line_is_ignored_and_the_next_event_starts_clean(tmp_pa
     assert events[-1]["run_id"] == "r2"
 
 
+def test_a_log_removed_or_replaced_during_a_run_is_written_again(tmp_path: Path) -> None:
+    # The descriptor stays open between events; events must still land in the file that
+    # is at the path now, not in one that was deleted or renamed away.
+    log = EventLog(tmp_path, run_id="r1")
+    log.REOPEN_CHECK_S = 0.0  # looked at before every event (normally once a second)
+    log.transition("T1", "pending", "in_progress")
+    path = tmp_path / ".specexec" / "events.jsonl"
+    path.unlink()
+    log.transition("T1", "in_progress", "pass")
+    assert [e["to"] for e in read_events(tmp_path)] == ["pass"]
+    path.rename(tmp_path / "old.jsonl")
+    path.write_text('{"kind": "by hand"}')  # no final newline
+    log.transition("T2", "pending", "in_progress")
+    assert [e.get("to") for e in read_events(tmp_path)] == [None, "in_progress"]
+    log.close()
+    log.transition("T2", "in_progress", "pass")  # reopened after close
+    assert len(read_events(tmp_path)) == 3
+
+
 def test_no_log_means_no_events(tmp_path: Path) -> None:
     assert read_events(tmp_path) == []
 

@@ -267,6 +267,18 @@ def test_second_run_is_busy(repo: Path) -> None:
     assert read_tasks(d)["T"]["status"] == "pending"
 
 
+def test_a_report_that_cannot_be_written_costs_only_the_report(repo: Path) -> None:
+    # The worker puts a directory where run.json goes (what a full disk does to the last
+    # writes of a run): the run says so in one line, and the tasks' states are kept.
+    block = 'mkdir "$(dirname "$SPECEXEC_PROMPT_FILE")/run.json"'
+    d = write_spec(repo / "specs" / "r", [task("T", files=["t"], command=block)])
+    proc = run_cli("run", str(d), "--isolation", "none")
+    assert proc.returncode == 0, proc.stderr
+    assert "cannot write the run report" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert read_tasks(d)["T"]["status"] == "pass"
+
+
 def test_pipe_output_is_plain_and_json_is_json(repo: Path) -> None:
     d = write_spec(
         repo / "specs" / "p",

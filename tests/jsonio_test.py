@@ -237,3 +237,91 @@ def test_dumps_matches_the_stdlib_on_unusual_values(doc: Any) -> None:
 def test_dumps_refuses_nan() -> None:
     with pytest.raises(ValueError):
         jsonio.dumps({"x": float("nan")})
+
+
+# -- incremental encoding ------------------------------------------------------------
+
+# Built afresh each time: a shared dict could end up inside itself.
+_odd = st.sampled_from([(1, 2), _Level.HIGH, "lone \udcff", 1e300, -0.0]) | st.builds(
+    dict, st.just({1: "int key"})
+)
+_value = _json | _odd
+_task = st.dictionaries(st.text(max_size=6), _value, max_size=4)
+_item = st.one_of(_task, _task, _task, _value)  # mostly tasks
+_step = st.one_of(
+    st.tuples(st.just("set"), st.integers(0, 9), st.text(max_size=6), _value),
+    st.tuples(st.just("nested"), st.integers(0, 9), _value),
+    st.tuples(st.just("insert"), st.integers(0, 9), _item),
+    st.tuples(st.just("delete"), st.integers(0, 9)),
+    st.tuples(st.just("repeat"), st.integers(0, 9)),
+    st.tuples(st.just("top"), st.sampled_from(["version", "x", "tasks"]), _value),
+    st.tuples(st.just("move"), st.sampled_from(["version", "x", "tasks"])),
+    st.tuples(st.just("reload")),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from(["version", "x", "y"]), unique=True),
+    st.integers(0, 3),
+    st.lists(_item, max_size=6),
+    st.lists(_step, min_size=1, max_size=12),
+)
+def test_incremental_encoding_is_the_full_encoding(
+    others: list[str], at: int, tasks: list[Any], steps: list[tuple[Any, ...]]
+) -> None:
+    others.insert(at, "tasks")  # anywhere in the order of the top-level keys
+    doc: dict[Any, Any] = {k: tasks if k == "tasks" else 1 for k in others}
+    enc = jsonio.IncrementalEncoder("tasks")
+    assert enc.encode(doc) == jsonio.encode(doc)
+    for op, *args in steps:
+        got = doc.get("tasks")
+        items: list[Any] = got if isinstance(got, list) else []
+        if op == "insert":
+            doc["tasks"] = items
+            items.insert(args[0], args[1])
+        elif op in ("set", "nested", "delete", "repeat"):
+            if not items:
+                continue
+            i = args[0] % len(items)
+            if op == "delete":
+                del items[i]
+            elif op == "repeat":  # the very same object twice in the list
+                items.append(items[i])
+            else:  # changed in place, as TasksStore.apply does: forgotten first
+                enc.forget(items[i])
+                if isinstance(items[i], dict) and op == "set":
+                    items[i][args[1]] = args[2]
+                elif isinstance(items[i], dict):  # deep inside the task
+                    items[i].setdefault("n", {"l": []})["l"] = [args[1]]
+        elif op == "top":
+            doc[args[0]] = args[1]
+        elif op == "move" and args[0] in doc:
+            doc[args[0]] = doc.pop(args[0])
+        elif op == "reload":  # someone rewrote the file: all new objects
+            doc = jsonio.loads(jsonio.encode(doc), source="t.json")
+        assert enc.encode(doc) == jsonio.encode(doc)
+
+
+def test_incremental_encoding_reuses_unchanged_tasks_only() -> None:
+    doc = json.loads(json.dumps(CANONICAL))
+    doc["tasks"].append({"id": "T2", "deep": json.loads("[" * 70 + "]" * 70)})
+    enc = jsonio.IncrementalEncoder("tasks")
+    before = enc.encode(doc)
+    assert before == jsonio.encode(doc)  # the stdlib path, for a task too deep for ours
+    doc["tasks"][1]["deep"] = []
+    enc.forget(doc["tasks"][1])
+    first = enc.encode(doc)
+    assert first == jsonio.encode(doc)
+    doc["tasks"][0]["status"] = "pass"  # not forgotten: the old text is reused
+    assert enc.encode(doc) == first
+    enc.clear()
+    assert enc.encode(doc) == jsonio.encode(doc) != first
+    doc["tasks"][0] = dict(doc["tasks"][0], status="fail")  # a new object: encoded afresh
+    assert enc.encode(doc) == jsonio.encode(doc)
+    odd: Any
+    for odd in ([], {}, None, "text"):  # not a list of tasks at all
+        assert enc.encode({"tasks": odd, "v": 1}) == jsonio.encode({"tasks": odd, "v": 1})
+    assert enc.encode({}) == b"{}\n"
+    with pytest.raises(ValueError):
+        enc.encode({"tasks": [{"x": float("nan")}]})

@@ -8,6 +8,7 @@ import random
 import signal
 import stat
 import subprocess
+import tempfile
 import textwrap
 import threading
 import time
@@ -16,10 +17,12 @@ from typing import Any
 
 import pytest
 from conftest import PY, read_tasks, task, write_spec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from specexec import jsonio
 from specexec.errors import InvalidInput, UnsafePath
-from specexec.store import DELETE, CoalescingWriter, TasksStore
+from specexec.store import DELETE, CoalescingWriter, TasksStore, set_fields
 
 
 def _tmp_files(spec: Path) -> list[str]:
@@ -110,6 +113,93 @@ def test_unknown_task_id_is_skipped_and_reported_or_refused_with_strict(tmp_path
     with pytest.raises(InvalidInput, match="no task with id GONE, NOPE"):
         store.update(tasks={"T2": {"status": "pass"}, "GONE": {}, "NOPE": {}}, strict=True)
     assert (spec / "tasks.json").read_bytes() == before
+
+
+# -- incremental encoding: only changed tasks are re-encoded ---------------------------
+
+_value = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=5)
+    | st.just("lone \udcff"),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3),
+    max_leaves=8,
+)
+_ids = st.sampled_from(["T1", "T2", "T3", "T9"])  # T9 is not in the file
+_fields = st.dictionaries(st.sampled_from(["status", "n", "result"]), _value | st.just(DELETE))
+_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("apply"), st.dictionaries(_ids, _fields, max_size=3), _value),
+        st.tuples(st.just("edit"), _ids, _value),  # a callback changing a task in place
+        st.tuples(st.just("hand"), _ids, _value),  # another program rewrites the file
+        st.tuples(st.just("drop"), _ids, st.none()),  # a task deleted by hand
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+def _first(doc: dict[str, Any], tid: str) -> dict[str, Any] | None:
+    return next((t for t in doc["tasks"] if t["id"] == tid), None)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=_steps)
+def test_every_write_is_the_full_encoding_of_the_expected_document(
+    tmp_path: Path, steps: list[tuple[str, str | dict[str, Any], Any]]
+) -> None:
+    spec = _spec(Path(tempfile.mkdtemp(dir=tmp_path)), **{"x-after": 1})
+    path = spec / "tasks.json"
+    store = TasksStore(spec)
+    expected = store.read()  # the same changes, applied to a separate copy
+    for op, arg, value in steps:
+        before = path.read_bytes()
+        if op == "apply":
+            assert isinstance(arg, dict)
+            written = store.apply(arg, {"x-top": value}).written
+            set_fields(expected, {"x-top": value})
+            for tid, fields in arg.items():
+                if (t := _first(expected, tid)) is not None:
+                    set_fields(t, fields)
+        elif op == "edit":
+
+            def change(doc: dict[str, Any], tid: Any = arg, value: Any = value) -> bool:
+                t = _first(doc, tid)
+                return t is not None and set_fields(t, {"edited": value})
+
+            written = store.edit(change)[1]
+            change(expected)
+        else:
+            if op == "hand" and (t := _first(expected, str(arg))) is not None:
+                t["hand"] = value
+            elif op == "drop":
+                expected["tasks"] = [t for t in expected["tasks"] if t["id"] != arg]
+            tmp = path.with_name("hand.tmp")  # as an editor saves: a new file
+            tmp.write_text(json.dumps(expected))
+            os.replace(tmp, path)
+            continue
+        assert path.read_bytes() == (jsonio.encode(expected) if written else before)
+
+
+def test_a_task_changed_by_an_edit_callback_is_re_encoded(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    store = TasksStore(spec)
+    store.update(tasks={"T1": {"status": "in_progress"}})  # every task's text is cached
+
+    def rename(doc: dict[str, Any]) -> bool:
+        doc["tasks"][1]["summary"] = "renamed"  # in place, without telling the store
+        return True
+
+    store.edit(rename)
+    store.update(tasks={"T3": {"status": "pass"}})
+    on_disk = (spec / "tasks.json").read_bytes()
+    assert on_disk == jsonio.encode(json.loads(on_disk))
+    assert read_tasks(spec)["T2"]["summary"] == "renamed"
+    assert read_tasks(spec)["T1"]["status"] == "in_progress"
 
 
 def test_lock_file_is_kept_and_runtime_dir_is_private(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -274,12 +275,20 @@ def test_registry_records_a_live_worker_and_forgets_it_when_done(
 
     def on_start(pid: int) -> None:
         seen.extend(json.loads(p.read_text()) for p in registry.glob("*.json"))
+        with contextlib.suppress(psutil.NoSuchProcess):  # `true` has ended already
+            started.append(psutil.Process(pid).create_time())
 
-    out = run(tmp_path, ["true"], groups, registry_dir=registry, on_start=on_start)
+    started: list[float] = []
+    out = run(tmp_path, ["sleep", "0.3"], groups, registry_dir=registry, on_start=on_start)
     assert out.returncode == 0
     assert [r["pgid"] for r in seen] == [out.pid]
     assert seen[0]["runner_pid"] == os.getpid()
+    assert seen[0]["create_time"] == pytest.approx(started[0], abs=0.05)  # what sweeps compare
     assert list(registry.glob("*.json")) == []
+    # A worker done within a moment is never recorded (nothing could be left to sweep).
+    seen.clear()
+    assert run(tmp_path, ["true"], groups, registry_dir=registry, on_start=on_start).returncode == 0
+    assert seen == [] and list(registry.glob("*.json")) == []
 
 
 def test_an_exception_in_the_runner_thread_stops_the_group(
@@ -297,43 +306,76 @@ RUNNER = textwrap.dedent(
     """
     import os, sys
     from pathlib import Path
-    from specexec.worker import run_process
+    from specexec.worker import guardian_pid, run_process
     registry, log, ready = map(Path, sys.argv[1:4])
     env = dict(os.environ, SPECEXEC_SPEC_DIR=str(registry.parent.parent))
+
+    def started(pid):
+        # The guardian exists once the first worker has been recorded.
+        ready.write_text(f"{pid} {guardian_pid()}")
+
     run_process("sleep 999 & sleep 999 & wait", cwd=log.parent, env=env,
                 stdin_path=None, log_path=log, timeout_s=None, registry_dir=registry,
-                on_start=lambda pid: ready.write_text(str(pid)))
+                on_start=started)
     """
 )
 
 
-def test_sweep_orphans_kills_the_group_of_a_sigkilled_runner(
-    tmp_path: Path, groups: list[int]
-) -> None:
-    # Real workers carry their spec folder's SPECEXEC_SPEC_DIR; the sweep checks it.
+def _start_runner(tmp_path: Path, groups: list[int]) -> tuple[subprocess.Popen[bytes], int, int]:
+    """A runner process with one worker group (two sleeps) recorded in its registry."""
     registry = tmp_path / "spec" / ".specexec" / "workers"
     ready = tmp_path / "ready"
     script = tmp_path / "runner.py"
     script.write_text(RUNNER)
     runner = subprocess.Popen([PY, str(script), str(registry), str(tmp_path / "w.log"), str(ready)])
+    assert wait_for(lambda: ready.exists() and ready.read_text())
+    pgid, guardian = map(int, ready.read_text().split())
+    groups.append(pgid)
+    assert wait_for(lambda: len(live_in_group(pgid)) >= 2)  # sh and its two sleeps
+    return runner, pgid, guardian
+
+
+def test_the_guardian_stops_the_workers_of_a_sigkilled_runner(
+    tmp_path: Path, groups: list[int]
+) -> None:
+    runner, pgid, guardian = _start_runner(tmp_path, groups)
+    registry = tmp_path / "spec" / ".specexec" / "workers"
     try:
-        assert wait_for(lambda: ready.exists() and ready.read_text())
-        pgid = int(ready.read_text())
-        groups.append(pgid)
-        assert live_in_group(pgid)
         # While its runner lives, a worker is none of the sweeper's business.
         assert sweep_orphans(registry) == []
         assert live_in_group(pgid)
-        assert len(list(registry.glob("*.json"))) == 1
+        assert psutil.pid_exists(guardian)
     finally:
         runner.kill()
         runner.wait()
-    # The runner is gone; the sleeps are not (pdeathsig reaches the leader at most).
-    assert wait_for(lambda: len(live_in_group(pgid)) >= 2 or not live_in_group(pgid))
+    # Nobody calls a sweep: the guardian sees its runner die and stops the whole group
+    # (the leader and the two sleeps it started), then exits.
+    assert wait_for(lambda: not live_in_group(pgid)), "the worker group outlived its runner"
+    assert wait_for(lambda: not psutil.pid_exists(guardian) or _zombie(guardian))
+    assert list(registry.glob("*.json")) == []
+
+
+def test_sweep_orphans_kills_the_group_of_a_sigkilled_runner(
+    tmp_path: Path, groups: list[int]
+) -> None:
+    # The second net, for when the guardian died too (OOM killer, kill -9 of both).
+    runner, pgid, guardian = _start_runner(tmp_path, groups)
+    registry = tmp_path / "spec" / ".specexec" / "workers"
+    os.kill(guardian, signal.SIGKILL)
+    runner.kill()
+    runner.wait()
     assert live_in_group(pgid)
+    assert len(list(registry.glob("*.json"))) == 1
     assert sweep_orphans(registry) == [pgid]
     assert live_in_group(pgid) == []
     assert list(registry.glob("*.json")) == []
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
 
 
 def test_sweep_orphans_spares_a_reused_pid(tmp_path: Path, groups: list[int]) -> None:

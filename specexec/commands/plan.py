@@ -11,6 +11,7 @@ from specexec import fmt
 from specexec.errors import EXIT_OK
 from specexec.model import load_spec
 from specexec.planner import Plan, execution_strategy, make_plan
+from specexec.progress import clean
 from specexec.spec import Spec
 from specexec.store import TasksStore
 
@@ -32,7 +33,7 @@ def render_table(spec: Spec, plan: Plan) -> str:
                     tid + (" *" if tid in critical else ""),
                     t.status,
                     fmt.minutes(t.estimate),
-                    fmt.shorten(", ".join(t.relevant_files) or "(none)", 40),
+                    fmt.shorten(clean(", ".join(t.relevant_files)) or "(none)", 40),
                     ", ".join(t.blocked_by) or "-",
                 ]
             )
@@ -48,7 +49,7 @@ def render_table(spec: Spec, plan: Plan) -> str:
     ]
     lines.append("waves:")
     for wave in plan.waves:
-        lines.append(f"  {wave.wave_id}: {wave.rationale}")
+        lines.append(f"  {wave.wave_id}: {clean(wave.rationale)}")
     lines.append("")
     if plan.critical_path:
         lines.append(
@@ -72,7 +73,7 @@ def render_mermaid(spec: Spec, plan: Plan) -> str:
     for wave in plan.waves:
         lines.append(f'  subgraph wave{wave.wave_id}["wave {wave.wave_id}"]')
         for tid in wave.tasks:
-            label = spec.task(tid).summary.replace('"', "'")
+            label = clean(spec.task(tid).summary).replace('"', "'")
             lines.append(f'    {_node(tid)}["{tid}: {label}"]')
         lines.append("  end")
     for t in spec.tasks:
@@ -135,6 +136,9 @@ def plan(spec_dir: str, *, jobs: int = 4, output: str = "table", write: bool = F
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
     if write:
-        TasksStore(spec.dir).update(top={"execution_strategy": execution_strategy(result)})
-        print(f"wrote execution_strategy to {spec.tasks_file}", file=sys.stderr)
+        done = TasksStore(spec.dir).apply(top={"execution_strategy": execution_strategy(result)})
+        if done.written:
+            print(f"wrote execution_strategy to {spec.tasks_file}", file=sys.stderr)
+        else:
+            print(f"execution_strategy in {spec.tasks_file} is up to date", file=sys.stderr)
     return EXIT_OK

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -42,6 +43,17 @@ def _load_all(spec_dirs: Sequence[str]) -> list[Spec]:
             problems.extend(e.problems)
     if problems:
         raise InvalidInput(f"{len(problems)} problem(s) in the spec folders", problems)
+    # Checked before any lock is taken or file written (the executor would refuse them only
+    # after every folder was prepared; the same folder twice would wait for its own lock).
+    first: dict[str, Path] = {}
+    for spec in specs:
+        if spec.name in first:
+            problems.append(
+                f"{spec.dir}: spec name {spec.name!r} is also the name of {first[spec.name]}"
+            )
+        first.setdefault(spec.name, spec.dir)
+    if problems:
+        raise InvalidInput("two spec folders given to one run have the same spec name", problems)
     return specs
 
 
@@ -176,9 +188,12 @@ def run(
     with contextlib.ExitStack() as stack:
         for spec in specs:
             stack.enter_context(RunLock(spec.dir, wait=opts.wait, run_id=run_id))
-        runs = []
-        for spec in specs:
-            runs.append(prepare(spec, opts, run_id, reporter))
+        # Every folder is checked before any is changed: one that refuses the run leaves
+        # the tasks.json of the others as it was too.
+        checked = [_check(spec, opts, run_id) for spec in specs]
+        runs = [_start(c, opts, reporter) for c in checked]
+        for r in runs:
+            stack.callback(r.events.close)
         specs = [r.spec for r in runs]
         rep = reporter or make_reporter(opts.json)
         stack.callback(rep.close)
@@ -189,8 +204,19 @@ def run(
             metrics = executor.run()
         rep.close()
         for r in runs:
-            (r.run_dir / "run.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-            (r.run_dir / "report.md").write_text(render_markdown(metrics))
+            try:
+                # Compact: with an indent, json runs its pure-Python encoder (1,000
+                # task records take a noticeable part of a short run).
+                (r.run_dir / "run.json").write_text(
+                    json.dumps(metrics, default=str) + "\n"
+                )
+                (r.run_dir / "report.md").write_text(render_markdown(metrics))
+            except OSError as e:
+                # The tasks' states are in tasks.json already; a full disk costs the report.
+                print(
+                    f"specexec: {r.run_dir}: cannot write the run report: {e.strerror or e}",
+                    file=sys.stderr,
+                )
         if opts.json or reporter is not None:
             rep.event("run_finished", **{k: v for k, v in metrics.items() if k != "records"})
         else:
@@ -204,13 +230,28 @@ def run(
     return EXIT_TASK_FAILED if (t["fail"] or t["blocked"] or t["pending"]) else EXIT_OK
 
 
-def prepare(spec: Spec, opts: RunOptions, run_id: str, reporter: Reporter | None = None) -> SpecRun:
-    """Everything a spec folder needs before its tasks start (run lock held)."""
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """A spec folder that passed every check of a run; tasks.json not written yet."""
+
+    spec: Spec
+    store: TasksStore
+    events: EventLog
+    workspace: Workspace | None
+    run_dir: Path
+
+
+def _check(spec: Spec, opts: RunOptions, run_id: str) -> _Checked:
+    """Everything that can refuse the run of ``spec`` (run lock held).
+
+    It comes before the first write of tasks.json: invalid input (a planted link, a task
+    that cannot run, no repository) gets a clear error and leaves tasks.json unchanged."""
     store = TasksStore(spec.dir)
     events = EventLog(spec.dir, run_id)
-    # First thing: a log that cannot be written (a planted link) refuses the run before
-    # tasks.json is touched.
+    # First thing: a log or a runs folder that cannot be written (a planted link) refuses
+    # the run before anything else happens.
     events.append("run_started", jobs=opts.jobs, schedule=opts.schedule)
+    runs = private_dir(runtime_dir(spec.dir) / "runs")
     sweep_orphans(spec.runtime_dir / "workers")
     sweep_spec_orphans(spec.dir)  # workers a killed runner had not recorded yet
     root = find_repo_root(spec.dir)
@@ -223,11 +264,17 @@ def prepare(spec: Spec, opts: RunOptions, run_id: str, reporter: Reporter | None
     if root is not None and any((opts.isolation or t.isolation) == "worktree" for t in spec.tasks):
         # Even when every task passed: a dead run may have left merged branches behind.
         ws = Workspace(root)
-    # Everything that can refuse the run comes before the first write: invalid input
-    # must change nothing.
     _workers(spec, opts)
     if ws is not None:
         ws.ensure_integration_branch(spec.name, spec.base_ref)
+    run_dir = private_dir(runs / run_id)
+    return _Checked(spec, store, events, ws, run_dir)
+
+
+def _start(checked: _Checked, opts: RunOptions, reporter: Reporter | None) -> SpecRun:
+    """Recovery, ``--retry-failed`` and the plan: the writes of tasks.json before the
+    tasks start. Nothing here refuses the run."""
+    spec, store, events, ws = checked.spec, checked.store, checked.events, checked.workspace
     for note in recover(spec, store, events, ws):
         if reporter is not None:
             reporter.event("notice", message=f"recovered {spec.name}/{note}")
@@ -236,10 +283,11 @@ def prepare(spec: Spec, opts: RunOptions, run_id: str, reporter: Reporter | None
     if opts.retry_failed:
         reset_tasks(store, events, failed=True)
     spec = load_spec(spec.dir)[0]  # the state after recovery and reset
+    # Recovery and reset only turn tasks that _check() saw not passed into `pending` or
+    # `pass`: no task is refused here that was not refused there.
     workers = _workers(spec, opts)
     plan = planner.make_plan(spec.tasks, opts.jobs)
     store.update(top={"execution_strategy": planner.execution_strategy(plan)})
-    run_dir = private_dir(private_dir(runtime_dir(spec.dir) / "runs") / run_id)
     waves = {tid: w.wave_id for w in plan.waves for tid in w.tasks}
     results = {
         t.id: dict(t.raw["result"]) for t in spec.tasks if isinstance(t.raw.get("result"), dict)
@@ -250,11 +298,18 @@ def prepare(spec: Spec, opts: RunOptions, run_id: str, reporter: Reporter | None
         writer=CoalescingWriter(store),
         events=events,
         workspace=ws,
-        run_dir=run_dir,
+        run_dir=checked.run_dir,
         workers=workers,
         waves=waves,
         results=results,
+        plan=plan,
     )
+
+
+def prepare(spec: Spec, opts: RunOptions, run_id: str, reporter: Reporter | None = None) -> SpecRun:
+    """Everything a spec folder needs before its tasks start (run lock held): every
+    check first, then the writes."""
+    return _start(_check(spec, opts, run_id), opts, reporter)
 
 
 def latest_run_dir(spec_dir: Path) -> Path | None:

@@ -52,9 +52,12 @@ def test_write_stores_execution_strategy_and_keeps_the_rest(repo: Path) -> None:
     assert doc["custom_top"] == {"keep": True}
     assert doc["execution_strategy"]["waves"][0]["tasks"] == ["A", "B"]
     assert set(read_tasks(d)) == {"A", "B", "C", "D"}
-    # Without --write nothing changes.
+    assert "wrote execution_strategy" in proc.stderr
+    # Without --write nothing changes; a second --write says it had nothing to change.
     before = (d / "tasks.json").read_bytes()
     run_cli("plan", str(d))
+    again = run_cli("plan", str(d), "--write")
+    assert "up to date" in again.stderr and "wrote" not in again.stderr
     assert (d / "tasks.json").read_bytes() == before
 
 
@@ -70,3 +73,15 @@ def test_independent_and_chain(repo: Path) -> None:
     doc = json.loads(run_cli("plan", str(d), "--format", "json").stdout)
     assert doc["execution_strategy"]["mode"] == "sequential"
     assert len(doc["execution_strategy"]["waves"]) == 3
+
+
+def test_unprintable_text_never_reaches_the_terminal(repo: Path) -> None:
+    # Valid JSON strings that would clear the screen or reverse the text on display.
+    d = write_spec(
+        repo / "specs" / "u",
+        [task("A", files=["a\x1b[2Jb.txt"], summary="fix \u202egnp.exe")],
+    )
+    for output in ("table", "mermaid", "dot"):
+        proc = run_cli("plan", str(d), "--format", output)
+        assert proc.returncode == 0, proc.stderr
+        assert "\x1b" not in proc.stdout and "\u202e" not in proc.stdout, (output, proc.stdout)

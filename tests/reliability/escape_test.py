@@ -238,19 +238,9 @@ PLANTED = {
     "runs": "sub",
     "workers": "sub",
 }
-NOT_YET_REFUSED: dict[str, str] = {}
-EXIT_3: dict[str, str] = {}
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=NOT_YET_REFUSED[n]))
-        if n in NOT_YET_REFUSED
-        else n
-        for n in PLANTED
-    ],
-)
+@pytest.mark.parametrize("name", list(PLANTED))
 def test_symlinks_planted_in_the_runtime_folder_are_never_followed(
     world: tuple[Path, Path], name: str
 ) -> None:
@@ -266,18 +256,25 @@ def test_symlinks_planted_in_the_runtime_folder_are_never_followed(
     assert (outside / "secret.txt").read_text() == "secret\n"
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=EXIT_3[n]))
-        if n in EXIT_3
-        else n
-        for n in ("tasks.lock", "run.lock", "events.jsonl")
-    ],
-)
+@pytest.mark.parametrize("name", ["tasks.lock", "run.lock", "events.jsonl", "runs"])
 def test_a_planted_symlink_is_refused_as_unsafe_input(world: tuple[Path, Path], name: str) -> None:
     repo, outside = world
     spec = ok_spec(repo)
     (spec / ".specexec").mkdir(mode=0o700)
-    (spec / ".specexec" / name).symlink_to(outside / "secret.txt")
+    (spec / ".specexec" / name).symlink_to(outside / PLANTED[name])
     refused(["run", str(spec)], spec, name, "symbolic link")
+
+
+def test_a_planted_link_in_one_folder_of_a_run_changes_no_other_folder(
+    world: tuple[Path, Path],
+) -> None:
+    """`run A B` checks every folder before it writes the tasks.json of any: a planted
+    `.specexec/runs` link in B refuses the run, and A's tasks.json is unchanged too."""
+    repo, outside = world
+    a, b = ok_spec(repo, "a"), ok_spec(repo, "b")
+    (b / ".specexec").mkdir(mode=0o700)
+    (b / ".specexec" / "runs").symlink_to(outside / "sub")
+    before = (a / "tasks.json").read_bytes()
+    with untouched(outside):
+        refused(["run", str(a), str(b)], b, "runs", "symbolic link")
+    assert (a / "tasks.json").read_bytes() == before

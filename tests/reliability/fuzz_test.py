@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PY, init_repo
+from conftest import PY, git, init_repo, task, write_spec
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -560,3 +560,22 @@ def test_a_spec_that_validates_but_cannot_run_is_not_changed(spec_dir: Path) -> 
     code, _, err = call_main(["run", str(spec_dir)])
     assert code == 2 and "T1" in err, err
     assert (spec_dir / "tasks.json").read_bytes() == before, "run changed tasks.json"
+
+
+@pytest.mark.parametrize("second", ["another folder", "the same folder"])
+def test_two_folders_with_one_spec_name_are_refused_before_any_change(
+    tmp_path: Path, second: str
+) -> None:
+    """Refused before a lock is taken or a file written (the same folder twice used to wait
+    for its own run lock, exit 75; two folders were refused only after both were prepared)."""
+    repo = init_repo(tmp_path / "repo")
+    a = write_spec(repo / "specs" / "a", [task("T1", files=["a.txt"], command="true")])
+    b = a
+    if second == "another folder":
+        b = write_spec(repo / "other" / "a", [task("T1", files=["b.txt"], command="true")])
+    before = {d: (d / "tasks.json").read_bytes() for d in (a, b)}
+    code, out, err = call_main(["run", str(a), str(b)])
+    assert code == 2 and "same spec name" in err and f"{b}: spec name 'a'" in err, out + err
+    assert {d: (d / "tasks.json").read_bytes() for d in (a, b)} == before
+    assert not (a / ".specexec").exists() and not (b / ".specexec").exists()
+    assert git(repo, "branch", "--list", "specexec/*") == ""

@@ -25,13 +25,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import psutil
-from conftest import PY, git
+from conftest import git
 
 from specexec.main import main
-
-
-def specexec_argv(*args: str) -> list[str]:
-    return [PY, "-m", "specexec", *args]
 
 
 def call_main(argv: Sequence[str]) -> tuple[int, str, str]:
