@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -271,10 +272,19 @@ def _check(spec: Spec, opts: RunOptions, run_id: str) -> _Checked:
     return _Checked(spec, store, events, ws, run_dir)
 
 
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def _start(checked: _Checked, opts: RunOptions, reporter: Reporter | None) -> SpecRun:
     """Recovery, ``--retry-failed`` and the plan: the writes of tasks.json before the
     tasks start. Nothing here refuses the run."""
     spec, store, events, ws = checked.spec, checked.store, checked.events, checked.workspace
+    before = _identity(spec.tasks_file)
     for note in recover(spec, store, events, ws):
         if reporter is not None:
             reporter.event("notice", message=f"recovered {spec.name}/{note}")
@@ -282,7 +292,8 @@ def _start(checked: _Checked, opts: RunOptions, reporter: Reporter | None) -> Sp
             print(f"recovered {spec.name}/{note}", file=sys.stderr)
     if opts.retry_failed:
         reset_tasks(store, events, failed=True)
-    spec = load_spec(spec.dir)[0]  # the state after recovery and reset
+    if _identity(spec.tasks_file) != before:
+        spec = load_spec(spec.dir)[0]  # the state after recovery and reset
     # Recovery and reset only turn tasks that _check() saw not passed into `pending` or
     # `pass`: no task is refused here that was not refused there.
     workers = _workers(spec, opts)
