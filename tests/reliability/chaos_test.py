@@ -398,15 +398,22 @@ def test_sigkill_watch_at_random_moments_then_restart(tmp_path: Path) -> None:
 def test_a_restart_removes_merged_branches_left_after_the_final_write(tmp_path: Path) -> None:
     """The window the chaos trials hit: killed after tasks.json says every task passed but
     before the merged task branches were deleted. The restart must clean them up."""
+    repo, _, argv = _passed_with_a_merged_branch_left(tmp_path)
+    assert subprocess.run(argv, capture_output=True, timeout=180, check=False).returncode == 0
+    assert leftovers(repo, [SPEC], JOBS) == []
+
+
+def _passed_with_a_merged_branch_left(tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """A spec run to the end, then task e's merged branch (and base ref) put back, as a
+    runner killed after its final write of tasks.json leaves them; and the run's argv."""
     repo = init_repo(tmp_path / "r")
     spec = chaos_spec(repo, random.Random(0))
     argv = [PY, "-m", "specexec", "run", str(spec), "--jobs", str(JOBS)]
     assert subprocess.run(argv, capture_output=True, timeout=180, check=False).returncode == 0
     tip = git(repo, "log", "--format=%H", "--grep=^e:", f"specexec/{SPEC}")
-    git(repo, "branch", f"specexec/{SPEC}@e", tip)  # what the dead runner had not deleted
+    git(repo, "branch", f"specexec/{SPEC}@e", tip)
     git(repo, "update-ref", f"refs/specexec/bases/{SPEC}/e", git(repo, "rev-parse", f"{tip}^1"))
-    assert subprocess.run(argv, capture_output=True, timeout=180, check=False).returncode == 0
-    assert leftovers(repo, [SPEC], JOBS) == []
+    return repo, spec, argv
 
 
 def test_a_restarted_daemon_removes_merged_branches_left_after_the_final_write(
@@ -414,13 +421,7 @@ def test_a_restarted_daemon_removes_merged_branches_left_after_the_final_write(
 ) -> None:
     """The same window for `watch` (seen once in 50 chaos trials): the daemon was killed after
     the last task's pass was on disk; the restarted daemon finds nothing pending."""
-    repo = init_repo(tmp_path / "r")
-    spec = chaos_spec(repo, random.Random(0))
-    argv = [PY, "-m", "specexec", "run", str(spec), "--jobs", str(JOBS)]
-    assert subprocess.run(argv, capture_output=True, timeout=180, check=False).returncode == 0
-    tip = git(repo, "log", "--format=%H", "--grep=^e:", f"specexec/{SPEC}")
-    git(repo, "branch", f"specexec/{SPEC}@e", tip)  # what the dead daemon had not deleted
-    git(repo, "update-ref", f"refs/specexec/bases/{SPEC}/e", git(repo, "rev-parse", f"{tip}^1"))
+    repo, spec, _ = _passed_with_a_merged_branch_left(tmp_path)
     watch = [*WATCH_ARGV, str(spec.parent), "--jobs", str(JOBS), "--allow-commands"]
     proc = subprocess.Popen(watch, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
