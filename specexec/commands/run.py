@@ -208,9 +208,7 @@ def run(
             try:
                 # Compact: with an indent, json runs its pure-Python encoder (1,000
                 # task records take a noticeable part of a short run).
-                (r.run_dir / "run.json").write_text(
-                    json.dumps(metrics, default=str) + "\n"
-                )
+                (r.run_dir / "run.json").write_text(json.dumps(metrics, default=str) + "\n")
                 (r.run_dir / "report.md").write_text(render_markdown(metrics))
             except OSError as e:
                 # The tasks' states are in tasks.json already; a full disk costs the report.
