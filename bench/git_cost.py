@@ -36,9 +36,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from specexec.gitenv import clean_env
-from specexec.pool import WorktreePool
-from specexec.workspace import Workspace, Worktree
+from specexec.git.env import clean_env
+from specexec.git.pool import WorktreePool
+from specexec.git.workspace import Workspace, Worktree
 
 POOL_VS_FRESH = 0.1
 FRESH_VS_HAND = 1.3

@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from specexec.paths import conflict_graph
-from specexec.planner import make_plan
-from specexec.spec import Task
+from specexec.plan.patterns import conflict_graph
+from specexec.plan.planner import make_plan
+from specexec.tasksfile.types import Task
 
 TARGETS = {10_000: 1.0, 50_000: 6.0}
 TASKS_PER_PACKAGE = 25

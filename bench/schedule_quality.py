@@ -48,8 +48,8 @@ from common import (
     write_spec,
 )
 
-from specexec.schedule import simulate
-from specexec.spec import Task
+from specexec.plan.schedule import simulate
+from specexec.tasksfile.types import Task
 
 MAX_EAGER_RATIO = 1.10
 MAX_EAGER_VS_WAVES = 0.85

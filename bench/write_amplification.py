@@ -48,7 +48,7 @@ from common import (
     write_spec,
 )
 
-from specexec.events import read_events
+from specexec.tasksfile.events import read_events
 
 INTERVAL = 0.25  # CoalescingWriter's default
 
@@ -123,10 +123,10 @@ def outside(spec: Path, repo: Path, tasks: list[BenchTask], jobs: int) -> dict[s
 
 def inside(spec: Path, tasks: list[BenchTask], jobs: int) -> dict[str, float]:
     from specexec.commands.run import prepare
-    from specexec.executor import Executor, RunOptions, new_run_id
-    from specexec.model import load_spec
-    from specexec.progress import PlainReporter
-    from specexec.runlock import RunLock
+    from specexec.run.executor import Executor, RunOptions, new_run_id
+    from specexec.run.progress import PlainReporter
+    from specexec.tasksfile.runlock import RunLock
+    from specexec.tasksfile.schema import load_spec
 
     write_spec(spec, tasks)
     shutil.rmtree(spec / ".specexec", ignore_errors=True)

@@ -47,18 +47,18 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserverVFS
 
-from specexec import jsonio
 from specexec.commands.run import run as run_specs
-from specexec.config import repo_allows_commands
 from specexec.errors import EXIT_INTERRUPTED, EXIT_OK, Busy, InvalidInput, SpecexecError
-from specexec.executor import RunOptions
-from specexec.model import find_repo_root, load_spec
-from specexec.progress import clean, describe
-from specexec.report import summary_lines
-from specexec.runlock import RunLock
-from specexec.spec import RUNTIME_DIR, TASKS_FILE, Spec
-from specexec.store import runtime_dir
-from specexec.workspace import Workspace
+from specexec.git.workspace import Workspace
+from specexec.run.executor import RunOptions
+from specexec.run.progress import clean, describe
+from specexec.run.report import summary_lines
+from specexec.tasksfile import jsonio
+from specexec.tasksfile.runlock import RunLock
+from specexec.tasksfile.schema import find_repo_root, load_spec
+from specexec.tasksfile.store import runtime_dir
+from specexec.tasksfile.types import RUNTIME_DIR, TASKS_FILE, Spec
+from specexec.workers.resolve import repo_allows_commands
 
 log = logging.getLogger("specexec.daemon")
 

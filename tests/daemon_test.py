@@ -24,7 +24,7 @@ from watchdog.events import FileSystemEvent
 from watchdog.observers.api import BaseObserver
 
 from specexec.daemon import Daemon, find_spec_dirs, read_refusal
-from specexec.runlock import RunLock
+from specexec.tasksfile.runlock import RunLock
 
 PY = sys.executable
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from conftest import PY
 
-from specexec.events import EventLog, read_events
+from specexec.tasksfile.events import EventLog, read_events
 
 
 def test_a_transition_is_one_complete_line(tmp_path: Path) -> None:
@@ -96,7 +96,7 @@ def test_no_log_means_no_events(tmp_path: Path) -> None:
 
 APPENDER = """
 import sys
-from specexec.events import EventLog
+from specexec.tasksfile.events import EventLog
 log = EventLog(sys.argv[1], run_id="w" + sys.argv[2])
 for i in range(int(sys.argv[3])):
     log.append("tick", i=i, pad="x" * 300)

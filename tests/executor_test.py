@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import PY, git, read_tasks, run_cli, task, write_spec
 
-from specexec.model import load_spec
-from specexec.planner import make_plan
+from specexec.plan.planner import make_plan
+from specexec.tasksfile.schema import load_spec
 
 
 def timed(log: Path, seconds: float, extra: str = "") -> str:

@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 from conftest import PY, git, run_cli
 
-from specexec import pool as pool_mod
-from specexec.pool import WorktreePool
-from specexec.workspace import Workspace, read_owner
+from specexec.git import pool as pool_mod
+from specexec.git.pool import WorktreePool
+from specexec.git.workspace import Workspace, read_owner
 
 SPEC = "feat"
 
 # A specexec process that creates a task's worktree, then waits for a line on stdin.
 OWNER = (
     "import sys\n"
-    "from specexec.workspace import Workspace\n"
+    "from specexec.git.workspace import Workspace\n"
     "ws = Workspace(sys.argv[1])\n"
     "wt = ws.create_worktree(sys.argv[2], sys.argv[3])\n"
     "print(wt.path, flush=True)\n"
@@ -154,8 +154,8 @@ def test_gc_command_refuses_a_non_repository(tmp_path: Path) -> None:
 # A process that takes a pool slot, prints its path, and waits.
 HOLDER = (
     "import sys\n"
-    "from specexec.workspace import Workspace\n"
-    "from specexec.pool import WorktreePool\n"
+    "from specexec.git.workspace import Workspace\n"
+    "from specexec.git.pool import WorktreePool\n"
     "p = WorktreePool(Workspace(sys.argv[1]), int(sys.argv[3]))\n"
     "wt = p.acquire('feat', sys.argv[2])\n"
     "print(wt.path, flush=True)\n"

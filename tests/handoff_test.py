@@ -6,8 +6,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specexec.handoff import merge_data
-from specexec.spec import MergeConfig
+from specexec.run.handoff import merge_data
+from specexec.tasksfile.types import MergeConfig
 
 ITEMS = st.one_of(
     st.integers(-3, 3),

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from conftest import git, init_repo, read_tasks, run_cli, task, write_spec
 
-from specexec.hooks import HOOK_TYPES, MARKER, ORIG_SUFFIX
+from specexec.git.hooks import HOOK_TYPES, MARKER, ORIG_SUFFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -333,7 +333,7 @@ def test_pre_commit_framework_specexec_validate(tmp_path: Path) -> None:
 
 
 def test_a_hook_whose_python_is_gone_does_not_block_commits(repo: Path, tmp_path: Path) -> None:
-    from specexec.hooks import install
+    from specexec.git.hooks import install
 
     install(repo, ["pre-commit", "post-commit"], python=str(tmp_path / "gone" / "python"))
     cyclic_spec(repo / "specs" / "loop")

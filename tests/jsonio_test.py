@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specexec import jsonio
 from specexec.errors import InvalidInput, UnsafePath
+from specexec.tasksfile import jsonio
 
 CANONICAL: dict[str, Any] = {
     "version": 1,

@@ -8,7 +8,7 @@ import pytest
 from conftest import task, write_spec
 
 from specexec.errors import InvalidInput, UnsafePath
-from specexec.model import id_problem, json_schema, load_spec
+from specexec.tasksfile.schema import id_problem, json_schema, load_spec
 
 
 def _problems(spec_dir: Path) -> list[str]:
@@ -118,7 +118,7 @@ def test_schema_describes_required_fields() -> None:
 
 
 def test_round_trip_with_unknown_fields_at_every_level_is_byte_identical(repo: Path) -> None:
-    from specexec.store import TasksStore
+    from specexec.tasksfile.store import TasksStore
 
     text = """{
   "x-top": {"kept": [1, 2.5, "é", null]},
@@ -153,7 +153,7 @@ def test_round_trip_with_unknown_fields_at_every_level_is_byte_identical(repo: P
   "x-bottom": "end"
 }
 """
-    from specexec import jsonio
+    from specexec.tasksfile import jsonio
 
     canonical = jsonio.dumps(jsonio.loads(text, source="t"))
     d = repo / "specs" / "rt"

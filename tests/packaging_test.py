@@ -36,7 +36,7 @@ def test_wheel_works_without_the_checkout(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "specexec/_data/templates/feature/tasks.json" in names
     assert "specexec/_data/specs/textkit/tasks.json" in names
-    assert "specexec/prompts/worker_prompt.md.j2" in names
+    assert "specexec/run/worker_prompt.md.j2" in names
     target = tmp_path / "site"
     subprocess.run(
         [

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specexec.paths import (
+from specexec.plan.patterns import (
     conflict_graph,
     covers,
     fixed_prefix,
@@ -18,7 +18,7 @@ from specexec.paths import (
     patterns_conflict,
     scope_violations,
 )
-from specexec.spec import Task
+from specexec.tasksfile.types import Task
 
 
 def t(task_id: str, *files: str) -> Task:

@@ -10,15 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specexec.errors import InvalidInput
-from specexec.paths import conflict_graph, patterns_conflict
-from specexec.planner import (
+from specexec.plan.patterns import conflict_graph, patterns_conflict
+from specexec.plan.planner import (
     execution_strategy,
     find_cycle,
     make_plan,
     remaining_critical_path,
 )
-from specexec.schedule import simulate
-from specexec.spec import Task
+from specexec.plan.schedule import simulate
+from specexec.tasksfile.types import Task
 
 
 def t(

@@ -22,9 +22,9 @@ import pytest
 from conftest import PY, git, init_repo, read_tasks, run_cli, task, write_spec
 
 from specexec.errors import GitError
-from specexec.pool import WorktreePool
-from specexec.spec import Task
-from specexec.workspace import Workspace, Worktree, checkout_patterns, read_owner
+from specexec.git.pool import WorktreePool
+from specexec.git.workspace import Workspace, Worktree, checkout_patterns, read_owner
+from specexec.tasksfile.types import Task
 
 SPEC = "feat"
 IGNORES = "*.log\nbuild/\n.venv/\n"
@@ -191,8 +191,8 @@ def pool(ws: Workspace) -> Iterator[WorktreePool]:
 # A process that takes a pool slot, prints its path, and waits (to be SIGKILLed).
 HOLDER = (
     "import sys\n"
-    "from specexec.workspace import Workspace\n"
-    "from specexec.pool import WorktreePool\n"
+    "from specexec.git.workspace import Workspace\n"
+    "from specexec.git.pool import WorktreePool\n"
     "p = WorktreePool(Workspace(sys.argv[1]), int(sys.argv[3]))\n"
     "wt = p.acquire('feat', sys.argv[2])\n"
     "print(wt.path, flush=True)\n"
@@ -297,8 +297,8 @@ import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 import pool_test as t
-from specexec.pool import WorktreePool
-from specexec.workspace import Workspace
+from specexec.git.pool import WorktreePool
+from specexec.git.workspace import Workspace
 
 base = Path(sys.argv[1])
 repo = t.make_repo(base / "repo")

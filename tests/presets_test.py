@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from specexec.errors import InvalidInput
-from specexec.presets import KNOWN_PRESETS, build_invocation, preset_problem
-from specexec.prompt import BlockerResult, ParallelContext, render_prompt
-from specexec.results import WorkerResult, parse_result
-from specexec.spec import Spec, Task, WorkerConfig
-from specexec.worker import run_process, worker_env
+from specexec.run.processes import run_process, worker_env
+from specexec.run.prompt import BlockerResult, ParallelContext, render_prompt
+from specexec.tasksfile.types import Spec, Task, WorkerConfig
+from specexec.workers.base import KNOWN_PRESETS, build_invocation, preset_problem
+from specexec.workers.result import WorkerResult, parse_result
 
 FAKE_AGENTS = Path(__file__).parent / "fake_agents"
 AGENTS = ("claude", "codex", "aider", "gemini")

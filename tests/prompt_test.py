@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 
 from specexec.errors import InvalidInput, UnsafePath
-from specexec.prompt import (
+from specexec.run.prompt import (
     DEFAULT_INSTRUCTIONS,
     BlockerResult,
     MergedInput,
     ParallelContext,
     render_prompt,
 )
-from specexec.spec import Spec, Task
+from specexec.tasksfile.types import Spec, Task
 
 RAW: dict[str, Any] = {
     "id": "T2",

@@ -12,7 +12,7 @@ from conftest import PY, read_tasks, task, write_spec
 
 from specexec.commands.reset import RUN_FIELDS, reset
 from specexec.errors import Busy, InvalidInput
-from specexec.events import read_events
+from specexec.tasksfile.events import read_events
 
 RUN: dict[str, Any] = {
     "started_at": "2025-01-01T00:00:00Z",
@@ -140,7 +140,7 @@ def test_reset_is_refused_while_a_run_holds_the_spec(tmp_path: Path) -> None:
             textwrap.dedent(
                 """
                 import sys
-                from specexec.runlock import RunLock
+                from specexec.tasksfile.runlock import RunLock
                 with RunLock(sys.argv[1]):
                     print("running", flush=True)
                     sys.stdin.readline()

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from specexec.results import LOG_TAIL_BYTES, WorkerResult, parse_result
-from specexec.worker import ATTEMPT_FOOTER, ATTEMPT_HEADER
+from specexec.run.processes import ATTEMPT_FOOTER, ATTEMPT_HEADER
+from specexec.workers.result import LOG_TAIL_BYTES, WorkerResult, parse_result
 
 
 def fenced(obj: dict[str, Any]) -> str:

@@ -18,13 +18,13 @@ import pytest
 from conftest import PY, read_tasks, task, write_spec
 
 from specexec.errors import Busy
-from specexec.events import EventLog, read_events
-from specexec.runlock import RunLock, recover_in_progress
-from specexec.store import TasksStore
+from specexec.tasksfile.events import EventLog, read_events
+from specexec.tasksfile.runlock import RunLock, recover_in_progress
+from specexec.tasksfile.store import TasksStore
 
 HOLDER = """
 import os, sys
-from specexec.runlock import RunLock
+from specexec.tasksfile.runlock import RunLock
 lock = RunLock(sys.argv[1], run_id="child-run")
 lock.acquire()
 if len(sys.argv) > 2:  # leave a forked child behind (it must not inherit the lock)
@@ -194,8 +194,8 @@ def test_recovery_puts_tasks_of_a_dead_run_back_to_pending(tmp_path: Path) -> No
             textwrap.dedent(
                 """
                 import sys
-                from specexec.runlock import RunLock
-                from specexec.store import TasksStore
+                from specexec.tasksfile.runlock import RunLock
+                from specexec.tasksfile.store import TasksStore
                 lock = RunLock(sys.argv[1]); lock.acquire()
                 TasksStore(sys.argv[1]).update(tasks={"T4": {"status": "in_progress"}})
                 print("running", flush=True)

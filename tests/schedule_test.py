@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specexec.errors import InvalidInput
-from specexec.paths import conflict_graph, patterns_conflict
-from specexec.schedule import Key, Schedule, simulate
-from specexec.spec import Task
+from specexec.plan.patterns import conflict_graph, patterns_conflict
+from specexec.plan.schedule import Key, Schedule, simulate
+from specexec.tasksfile.types import Task
 
 
 def t(

@@ -20,9 +20,9 @@ from conftest import PY, read_tasks, task, write_spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from specexec import jsonio
 from specexec.errors import InvalidInput, UnsafePath
-from specexec.store import DELETE, CoalescingWriter, TasksStore, set_fields
+from specexec.tasksfile import jsonio
+from specexec.tasksfile.store import DELETE, CoalescingWriter, TasksStore, set_fields
 
 
 def _tmp_files(spec: Path) -> list[str]:
@@ -219,7 +219,7 @@ def test_lock_file_is_kept_and_runtime_dir_is_private(tmp_path: Path) -> None:
 
 WRITER = """
 import sys
-from specexec.store import TasksStore
+from specexec.tasksfile.store import TasksStore
 spec, w, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 # filelock polls, so under this contention a writer can wait long for its turn (the one
 # that just wrote tends to win again); this test is about lost updates, not fairness.
@@ -230,7 +230,7 @@ for i in range(n):
 
 READER = """
 import os, sys
-from specexec import jsonio
+from specexec.tasksfile import jsonio
 from specexec.errors import InvalidInput
 os.nice(19)  # parse as often as the writers leave CPU for
 path, stop = sys.argv[1], sys.argv[2]
@@ -481,7 +481,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path: Path) -> 
         """
         import resource, signal, sys
         from specexec.errors import SpecexecError
-        from specexec.store import TasksStore
+        from specexec.tasksfile.store import TasksStore
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
         try:
@@ -621,7 +621,7 @@ def test_a_process_that_stops_normally_loses_nothing(tmp_path: Path) -> None:
     proc = _run_py(
         """
         import sys
-        from specexec.store import CoalescingWriter, TasksStore
+        from specexec.tasksfile.store import CoalescingWriter, TasksStore
         with CoalescingWriter(TasksStore(sys.argv[1]), interval=3600) as w:
             for i in range(100):
                 w.set("T1", status="in_progress", n=i)

@@ -18,14 +18,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from specexec.results import parse_result, read_log_tail
-from specexec.worker import (
+from specexec.run.processes import (
     ATTEMPT_HEADER,
     ProcessOutcome,
     run_process,
     sweep_orphans,
     worker_env,
 )
+from specexec.workers.result import parse_result, read_log_tail
 
 PY = sys.executable
 
@@ -306,7 +306,7 @@ RUNNER = textwrap.dedent(
     """
     import os, sys
     from pathlib import Path
-    from specexec.worker import guardian_pid, run_process
+    from specexec.run.processes import guardian_pid, run_process
     registry, log, ready = map(Path, sys.argv[1:4])
     env = dict(os.environ, SPECEXEC_SPEC_DIR=str(registry.parent.parent))
 

@@ -14,8 +14,7 @@ import pytest
 from conftest import PY, git, init_repo
 
 from specexec.errors import Busy, GitError, InvalidInput
-from specexec.spec import Task
-from specexec.workspace import (
+from specexec.git.workspace import (
     MergeResult,
     Workspace,
     Worktree,
@@ -23,6 +22,7 @@ from specexec.workspace import (
     integration_branch,
     task_branch,
 )
+from specexec.tasksfile.types import Task
 
 SPEC = "feat"
 
@@ -199,7 +199,7 @@ def test_16_worktrees_created_at_the_same_moment_all_succeed(ws: Workspace, repo
 def test_a_dead_runs_worktree_is_replaced_and_a_live_one_refused(ws: Workspace, repo: Path) -> None:
     code = (
         "import sys\n"
-        "from specexec.workspace import Workspace\n"
+        "from specexec.git.workspace import Workspace\n"
         "ws = Workspace(sys.argv[1])\n"
         "wt = ws.create_worktree('feat', 'T1')\n"
         "open(wt.path / 'leftover.txt', 'w').write('x')\n"

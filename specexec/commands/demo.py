@@ -9,9 +9,9 @@ from pathlib import Path
 
 from specexec.commands.run import run
 from specexec.errors import InvalidInput
-from specexec.executor import RunOptions
-from specexec.git import run as git
+from specexec.git.runner import run as git
 from specexec.resources import data_dir
+from specexec.run.executor import RunOptions
 
 EXAMPLE = "textkit"
 README = """# specexec demo

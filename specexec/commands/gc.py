@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from specexec import pool
 from specexec.errors import EXIT_OK
-from specexec.workspace import Workspace
+from specexec.git import pool
+from specexec.git.workspace import Workspace
 
 
 def gc(repo: str | None) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from specexec import hooks as git_hooks
 from specexec.errors import EXIT_OK, EXIT_TASK_FAILED, InvalidInput, SpecexecError
+from specexec.git import hooks as git_hooks
 
 
 def hooks(action: str, *, repo: str = ".", hook_types: Sequence[str] | None = None) -> int:

@@ -6,11 +6,11 @@ import json
 import shutil
 from pathlib import Path
 
-from specexec import jsonio
 from specexec.errors import EXIT_OK, InvalidInput
-from specexec.model import id_problem, json_schema
 from specexec.resources import data_dir
-from specexec.spec import TASKS_FILE
+from specexec.tasksfile import jsonio
+from specexec.tasksfile.schema import id_problem, json_schema
+from specexec.tasksfile.types import TASKS_FILE
 
 SCHEMA_FILE = "tasks.schema.json"
 

@@ -9,11 +9,11 @@ from typing import Any
 
 from specexec import fmt
 from specexec.errors import EXIT_OK
-from specexec.model import load_spec
-from specexec.planner import Plan, execution_strategy, make_plan
-from specexec.progress import clean
-from specexec.spec import Spec
-from specexec.store import TasksStore
+from specexec.plan.planner import Plan, execution_strategy, make_plan
+from specexec.run.progress import clean
+from specexec.tasksfile.schema import load_spec
+from specexec.tasksfile.store import TasksStore
+from specexec.tasksfile.types import Spec
 
 
 def _speedup(base: float, other: float) -> str:

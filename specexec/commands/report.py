@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 from specexec.errors import EXIT_OK, InvalidInput
-from specexec.model import resolve_spec_dir
-from specexec.report import render_html, render_markdown
+from specexec.run.report import render_html, render_markdown
+from specexec.tasksfile.schema import resolve_spec_dir
 
 
 def report(spec_dir: str, *, run_id: str | None = None, output: str = "md") -> int:

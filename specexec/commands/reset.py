@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from specexec.errors import InvalidInput
-from specexec.events import EventLog
-from specexec.model import checked_spec_dir
-from specexec.runlock import RunLock
-from specexec.store import DELETE, TasksStore, set_fields, task_objects
+from specexec.tasksfile.events import EventLog
+from specexec.tasksfile.runlock import RunLock
+from specexec.tasksfile.schema import checked_spec_dir
+from specexec.tasksfile.store import DELETE, TasksStore, set_fields, task_objects
 
 RUN_FIELDS: Final = (
     "started_at",

@@ -14,21 +14,21 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from specexec import planner, schedule
 from specexec.commands.reset import reset_tasks
-from specexec.config import cli_worker, repo_worker, resolve_worker
 from specexec.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TASK_FAILED, InvalidInput
-from specexec.events import EventLog
-from specexec.executor import Executor, RunOptions, SpecRun, new_run_id
-from specexec.model import find_repo_root, load_spec
-from specexec.presets import preset_problem
-from specexec.progress import Reporter, make_reporter
-from specexec.report import render_markdown, summary_lines
-from specexec.runlock import RunLock, recover_in_progress
-from specexec.spec import Spec
-from specexec.store import DELETE, CoalescingWriter, TasksStore, private_dir, runtime_dir
-from specexec.worker import sweep_orphans, sweep_spec_orphans
-from specexec.workspace import Workspace
+from specexec.git.workspace import Workspace
+from specexec.plan import planner, schedule
+from specexec.run.executor import Executor, RunOptions, SpecRun, new_run_id
+from specexec.run.processes import sweep_orphans, sweep_spec_orphans
+from specexec.run.progress import Reporter, make_reporter
+from specexec.run.report import render_markdown, summary_lines
+from specexec.tasksfile.events import EventLog
+from specexec.tasksfile.runlock import RunLock, recover_in_progress
+from specexec.tasksfile.schema import find_repo_root, load_spec
+from specexec.tasksfile.store import DELETE, CoalescingWriter, TasksStore, private_dir, runtime_dir
+from specexec.tasksfile.types import Spec
+from specexec.workers.base import preset_problem
+from specexec.workers.resolve import cli_worker, repo_worker, resolve_worker
 
 __all__ = ["RunOptions", "run"]
 

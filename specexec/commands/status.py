@@ -9,9 +9,9 @@ from typing import Any
 
 from specexec import fmt
 from specexec.errors import EXIT_OK
-from specexec.model import load_spec
-from specexec.runlock import RunLock
-from specexec.spec import STATUSES, Spec
+from specexec.tasksfile.runlock import RunLock
+from specexec.tasksfile.schema import load_spec
+from specexec.tasksfile.types import STATUSES, Spec
 
 
 def spec_status(spec: Spec) -> dict[str, Any]:

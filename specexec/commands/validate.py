@@ -6,7 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from specexec.errors import EXIT_INVALID, EXIT_OK, InvalidInput
-from specexec.model import load_spec
+from specexec.tasksfile.schema import load_spec
 
 
 def validate(spec_dirs: Sequence[str]) -> int:

@@ -42,9 +42,9 @@ import pytest
 from conftest import PY, git, init_repo, read_tasks, task, write_spec
 
 from reliability.support import group_alive, kill_tree, leftovers, spec_processes, wait_until
-from specexec.runlock import RunLock
-from specexec.store import TasksStore
-from specexec.workspace import Workspace
+from specexec.git.workspace import Workspace
+from specexec.tasksfile.runlock import RunLock
+from specexec.tasksfile.store import TasksStore
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 

@@ -32,9 +32,9 @@ from typing import Any, Final
 
 from filelock import FileLock, Timeout
 
-from specexec import jsonio
 from specexec.errors import Busy, InvalidInput, SpecexecError, UnsafePath
-from specexec.spec import RUNTIME_DIR, TASKS_FILE
+from specexec.tasksfile import jsonio
+from specexec.tasksfile.types import RUNTIME_DIR, TASKS_FILE
 
 log = logging.getLogger(__name__)
 

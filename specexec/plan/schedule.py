@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from specexec.errors import InvalidInput
-from specexec.paths import conflict_indices, overlap
-from specexec.spec import Task
+from specexec.plan.patterns import conflict_indices, overlap
+from specexec.tasksfile.types import Task
 
 __all__ = [
     "Key",

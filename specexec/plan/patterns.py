@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from fnmatch import fnmatchcase
 from functools import lru_cache
 
-from specexec.spec import Task
+from specexec.tasksfile.types import Task
 
 __all__ = [
     "conflict_graph",

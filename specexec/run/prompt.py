@@ -1,7 +1,7 @@
 """Rendering the worker prompt (BUILD_WORKER_PROMPT_PATTERN, handoff form of pattern 000).
 
 The template is ``<spec_dir>/worker_prompt.md.j2`` when the spec folder has one, else the
-packaged ``specexec/prompts/worker_prompt.md.j2``. Spec folders may be dropped in by other
+packaged ``specexec/run/worker_prompt.md.j2``. Spec folders may be dropped in by other
 people, so templates run in jinja2's immutable sandbox: no attribute starting with ``_``,
 no mutation of the data passed in, bounded ``range``, and bounded ``*``/``**`` so a
 template cannot exhaust memory or CPU. Any template problem is an InvalidInput naming the
@@ -40,10 +40,10 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from specexec.errors import InvalidInput, UnsafePath
-from specexec.spec import PROMPT_OVERRIDE, Spec, Task
+from specexec.tasksfile.types import PROMPT_OVERRIDE, Spec, Task
 
 TEMPLATE_MAX_BYTES = 1024 * 1024
-PACKAGED_TEMPLATE = "prompts/worker_prompt.md.j2"
+PACKAGED_TEMPLATE = "run/worker_prompt.md.j2"
 RESULT_ENV = "SPECEXEC_RESULT_FILE"
 
 DEFAULT_INSTRUCTIONS = (

@@ -6,7 +6,7 @@ user's ``git status``::
     <common>/specexec/git.lock                        the repository lock (never deleted)
     <common>/specexec/worktrees/<spec>/<task>         a task's fresh worktree (``--no-pool``)
     <common>/specexec/worktrees/<spec>/<task>.owner   {"pid", "start_time", "host"}
-    <common>/specexec/pool/<n>                        a pooled worktree (``specexec.pool``)
+    <common>/specexec/pool/<n>                        a pooled worktree (``specexec.git.pool``)
     <common>/specexec/pool/<n>.owner                  its owner while in use, + the task
 
 Refs: integration branch ``specexec/<spec>``; task branch ``specexec/<spec>@<task>``
@@ -39,8 +39,8 @@ import filelock
 import psutil
 
 from specexec.errors import Busy, GitError, InvalidInput
-from specexec.git import ZERO_SHA, GitResult, run
-from specexec.spec import Task
+from specexec.git.runner import ZERO_SHA, GitResult, run
+from specexec.tasksfile.types import Task
 
 LOCK_TIMEOUT = 300.0  # seconds; git metadata operations take milliseconds
 BASES = "refs/specexec/bases"

@@ -4,7 +4,7 @@ A fresh ``git worktree add`` writes every file of the repository and starts with
 ignored build caches, virtual environments and dependency folders a task may need.
 Switching a kept worktree to another commit rewrites only the files that differ.
 
-Layout (beside the fresh worktrees of ``specexec.workspace``)::
+Layout (beside the fresh worktrees of ``specexec.git.workspace``)::
 
     <common>/specexec/pool/<n>         slot n (0 <= n < --jobs): a worktree git knows
     <common>/specexec/pool/<n>.owner   while a task uses it: owner (pid, start time,
@@ -41,7 +41,7 @@ from typing import Any
 import psutil
 
 from specexec.errors import GitError, SpecexecError
-from specexec.workspace import (
+from specexec.git.workspace import (
     PARALLEL_CHECKOUT,
     Owner,
     Workspace,

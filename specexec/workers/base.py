@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from specexec.errors import InvalidInput
-from specexec.spec import Spec, Task, WorkerConfig
+from specexec.tasksfile.types import Spec, Task, WorkerConfig
 
 PLACEHOLDERS: tuple[str, ...] = ("prompt_file", "task_id", "worktree", "spec_dir")
 DEFAULT_PRESET = "shell"

@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from specexec.spec import MergeConfig
+from specexec.tasksfile.types import MergeConfig
 
 
 def canonical(item: Any) -> str:

@@ -15,9 +15,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from specexec import jsonio, paths, planner
 from specexec.errors import InvalidInput, UnsafePath
-from specexec.spec import (
+from specexec.plan import patterns as paths
+from specexec.plan import planner
+from specexec.tasksfile import jsonio
+from specexec.tasksfile.types import (
     CONTEXT_FILE,
     PROMPT_OVERRIDE,
     TASKS_FILE,
@@ -530,7 +532,7 @@ def load_spec(spec_dir: str | Path) -> tuple[Spec, list[str]]:
     if os.path.lexists(d / PROMPT_OVERRIDE):
         # A template override that is a link out of the folder (or not a file) makes the
         # whole spec folder invalid up front, instead of failing every task at run time.
-        from specexec.prompt import template_path  # jinja2 is only needed when there is one
+        from specexec.run.prompt import template_path  # jinja2 is only needed when there is one
 
         template_path(d)
     raw = jsonio.load_file(d / TASKS_FILE)

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from specexec import git
 from specexec.errors import InvalidInput
-from specexec.gitenv import clean_env
-from specexec.spec import CONTEXT_FILE, TASKS_FILE
+from specexec.git import runner as git
+from specexec.git.env import clean_env
+from specexec.tasksfile.types import CONTEXT_FILE, TASKS_FILE
 
 HOOK_TYPES: Final = ("pre-commit", "post-commit", "post-merge", "post-checkout")
 RUN_HOOKS: Final = frozenset({"post-commit", "post-merge", "post-checkout"})
@@ -334,8 +334,8 @@ def staged_problems(top: Path, env: dict[str, str] | None = None) -> list[str]:
         return []
     # Imported only now: building the pydantic models takes most of a second, which
     # commits that stage no tasks.json should not pay.
-    from specexec import jsonio
-    from specexec.model import validate_document
+    from specexec.tasksfile import jsonio
+    from specexec.tasksfile.schema import validate_document
 
     problems: list[str] = []
     for rel in files:

@@ -15,19 +15,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from specexec import planner, schedule, taskrun
 from specexec.errors import InvalidInput
-from specexec.events import EventLog
-from specexec.handoff import merge_data
-from specexec.model import find_repo_root
-from specexec.pool import open_pools
-from specexec.progress import Reporter
-from specexec.prompt import MergedInput, ParallelContext
-from specexec.report import TaskRecord, run_metrics
-from specexec.spec import Spec, Task, WorkerConfig
-from specexec.store import DELETE, CoalescingWriter, TasksStore
-from specexec.worker import worker_env
-from specexec.workspace import Workspace
+from specexec.git.pool import open_pools
+from specexec.git.workspace import Workspace
+from specexec.plan import planner, schedule
+from specexec.run import attempt as taskrun
+from specexec.run.handoff import merge_data
+from specexec.run.processes import worker_env
+from specexec.run.progress import Reporter
+from specexec.run.prompt import MergedInput, ParallelContext
+from specexec.run.report import TaskRecord, run_metrics
+from specexec.tasksfile.events import EventLog
+from specexec.tasksfile.schema import find_repo_root
+from specexec.tasksfile.store import DELETE, CoalescingWriter, TasksStore
+from specexec.tasksfile.types import Spec, Task, WorkerConfig
 
 Key = tuple[str, str]
 

@@ -1,6 +1,6 @@
 """The internal, immutable view of a spec folder.
 
-pydantic models live only at the file boundary (``specexec.model``); everything else in
+pydantic models live only at the file boundary (``specexec.tasksfile.schema``); everything else in
 specexec works with these small frozen dataclasses.
 """
 

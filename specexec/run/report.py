@@ -10,8 +10,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from specexec import fmt
-from specexec.handoff import merge_data
-from specexec.spec import MergeConfig
+from specexec.run.handoff import merge_data
+from specexec.tasksfile.types import MergeConfig
 
 
 @dataclass(frozen=True, slots=True)

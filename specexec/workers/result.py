@@ -32,9 +32,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from specexec import jsonio
 from specexec.errors import InvalidInput
-from specexec.worker import ATTEMPT_FOOTER, ATTEMPT_HEADER
+from specexec.run.processes import ATTEMPT_FOOTER, ATTEMPT_HEADER
+from specexec.tasksfile import jsonio
 
 ResultStatus = Literal["pass", "fail", "blocked"]
 Source = Literal["result_file", "output", "exit_code"]

@@ -25,9 +25,16 @@ from typing import Any, Final
 import psutil
 
 from specexec.errors import Busy, SpecexecError
-from specexec.events import EventLog, utc_now
-from specexec.spec import RUNTIME_DIR
-from specexec.store import DELETE, TasksStore, open_error, runtime_dir, set_fields, task_objects
+from specexec.tasksfile.events import EventLog, utc_now
+from specexec.tasksfile.store import (
+    DELETE,
+    TasksStore,
+    open_error,
+    runtime_dir,
+    set_fields,
+    task_objects,
+)
+from specexec.tasksfile.types import RUNTIME_DIR
 
 log = logging.getLogger(__name__)
 

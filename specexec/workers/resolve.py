@@ -10,9 +10,9 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from specexec.errors import InvalidInput
-from specexec.model import WorkerField, worker_config
-from specexec.presets import KNOWN_PRESETS
-from specexec.spec import Spec, Task, WorkerConfig
+from specexec.tasksfile.schema import WorkerField, worker_config
+from specexec.tasksfile.types import Spec, Task, WorkerConfig
+from specexec.workers.base import KNOWN_PRESETS
 
 
 def repo_config(repo_root: Path | None) -> dict[str, Any]:

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from specexec.errors import SpecexecError
-from specexec.spec import RUNTIME_DIR
-from specexec.store import open_error, runtime_dir
+from specexec.tasksfile.store import open_error, runtime_dir
+from specexec.tasksfile.types import RUNTIME_DIR
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from specexec.errors import GitError
-from specexec.gitenv import clean_env
+from specexec.git.env import clean_env
 
 # Applied to every command: no automatic gc/maintenance while worktrees are being made,
 # none of the user's hooks (a specexec post-checkout/post-commit hook would recurse), no

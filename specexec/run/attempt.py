@@ -11,15 +11,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from specexec import paths
 from specexec.errors import SpecexecError
-from specexec.pool import WorktreePool
-from specexec.presets import build_invocation
-from specexec.prompt import BlockerResult, MergedInput, ParallelContext, render_prompt
-from specexec.results import WorkerResult, parse_result
-from specexec.spec import Spec, Task, WorkerConfig
-from specexec.worker import ProcessOutcome, run_process, worker_env
-from specexec.workspace import Workspace, Worktree, checkout_patterns
+from specexec.git.pool import WorktreePool
+from specexec.git.workspace import Workspace, Worktree, checkout_patterns
+from specexec.plan import patterns as paths
+from specexec.run.processes import ProcessOutcome, run_process, worker_env
+from specexec.run.prompt import BlockerResult, MergedInput, ParallelContext, render_prompt
+from specexec.tasksfile.types import Spec, Task, WorkerConfig
+from specexec.workers.base import build_invocation
+from specexec.workers.result import WorkerResult, parse_result
 
 
 @dataclass(frozen=True, slots=True)

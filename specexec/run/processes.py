@@ -44,8 +44,8 @@ from typing import Any
 import psutil
 
 from specexec.errors import SpecexecError
-from specexec.gitenv import clean_env
-from specexec.store import private_dir
+from specexec.git.env import clean_env
+from specexec.tasksfile.store import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ if any(name.endswith(".json") for d in dirs if os.path.isdir(d) for name in os.l
             time.sleep(0.02)
     sys.path.insert(0, {package_root!r})
     from pathlib import Path
-    from specexec.worker import sweep_orphans
+    from specexec.run.processes import sweep_orphans
     for d in dirs:
         sweep_orphans(Path(d))
 """

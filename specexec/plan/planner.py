@@ -3,7 +3,7 @@
 Pure: no I/O. ``make_plan`` plans the tasks it is given as if each were still to run
 (callers that want the remaining work pass only those tasks); blocker ids that are not
 among them count as already satisfied. The eager figure comes from driving
-``specexec.schedule.Schedule``, the same rule a run uses; the waves figure is that rule's
+``specexec.plan.schedule.Schedule``, the same rule a run uses; the waves figure is that rule's
 closed form for waves mode (a test holds it equal to ``simulate(mode="waves")``).
 """
 
@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from specexec.errors import InvalidInput
-from specexec.paths import conflict_indices, gc_paused, overlap
-from specexec.schedule import (
+from specexec.plan.patterns import conflict_indices, gc_paused, overlap
+from specexec.plan.schedule import (
     Prepared,
     Slot,
     TaskGraph,
@@ -24,7 +24,7 @@ from specexec.schedule import (
     remaining_critical_path,
     simulate,
 )
-from specexec.spec import Task
+from specexec.tasksfile.types import Task
 
 __all__ = [
     "Mode",

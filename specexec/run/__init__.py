@@ -1,0 +1,3 @@
+"""Running a spec: the executor loop, one attempt of a task, worker processes (groups, the
+guardian, sweeps), prompts, handoff between tasks, progress, reports and crash recovery.
+Changes git only through specexec.git and tasks.json only through specexec.tasksfile."""
