@@ -347,7 +347,7 @@ def test_merge_strategy_hands_blockers_data_to_the_task(repo: Path) -> None:
 
 
 def test_fake_agent_cli_end_to_end(repo: Path, tmp_path: Path) -> None:
-    fake = Path(__file__).parent / "fake_agents"
+    fake = Path(__file__).parents[1] / "fake_agents"
     d = write_spec(repo / "specs" / "agent", [task("T1", files=["src/"])], worker="claude")
     env = {
         "PATH": f"{fake}{os.pathsep}{os.path.dirname(PY)}{os.pathsep}{os.environ['PATH']}",

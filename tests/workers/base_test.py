@@ -20,7 +20,7 @@ from specexec.tasksfile.types import Spec, Task, WorkerConfig
 from specexec.workers.base import KNOWN_PRESETS, build_invocation, preset_problem
 from specexec.workers.result import WorkerResult, parse_result
 
-FAKE_AGENTS = Path(__file__).parent / "fake_agents"
+FAKE_AGENTS = Path(__file__).parents[1] / "fake_agents"
 AGENTS = ("claude", "codex", "aider", "gemini")
 
 

@@ -293,9 +293,9 @@ def test_next_task_gets_a_fresh_tree_after_a_worker_leaves(
 
 
 AS_NOBODY = """
-import sys
+import os, sys
 from pathlib import Path
-sys.path.insert(0, sys.argv[2])
+sys.path[:0] = [sys.argv[2], os.path.dirname(sys.argv[2])]
 import pool_test as t
 from specexec.git.pool import WorktreePool
 from specexec.git.workspace import Workspace
@@ -736,7 +736,7 @@ def test_a_dead_runs_slot_is_not_taken_while_a_process_still_works_in_it(
 
 @pytest.mark.slow
 def test_the_git_cost_benchmark_runs(tmp_path: Path) -> None:
-    bench = Path(__file__).resolve().parents[1] / "bench" / "git_cost.py"
+    bench = Path(__file__).resolve().parents[2] / "bench" / "git_cost.py"
     proc = subprocess.run(
         [PY, str(bench), "--quick", "--no-write"], capture_output=True, text=True, timeout=900
     )

@@ -19,7 +19,7 @@ from conftest import git, init_repo, read_tasks, run_cli, task, write_spec
 
 from specexec.git.hooks import HOOK_TYPES, MARKER, ORIG_SUFFIX
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
