@@ -12,7 +12,7 @@ from pydantic import TypeAdapter, ValidationError
 from specexec.errors import InvalidInput
 from specexec.tasksfile.schema import WorkerField, worker_config
 from specexec.tasksfile.types import Spec, Task, WorkerConfig
-from specexec.workers.base import KNOWN_PRESETS
+from specexec.workers.registry import KNOWN_PRESETS
 
 
 def repo_config(repo_root: Path | None) -> dict[str, Any]:

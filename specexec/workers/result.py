@@ -21,13 +21,11 @@ whichever source the result came from.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
 import signal
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -35,6 +33,8 @@ from typing import Any, Literal, cast
 from specexec.errors import InvalidInput
 from specexec.run.processes import ATTEMPT_FOOTER, ATTEMPT_HEADER
 from specexec.tasksfile import jsonio
+from specexec.workers.agent import Envelope, as_text, clip, integer, loads, number
+from specexec.workers.registry import AGENTS
 
 ResultStatus = Literal["pass", "fail", "blocked"]
 Source = Literal["result_file", "output", "exit_code"]
@@ -80,28 +80,11 @@ class WorkerResult:
 
 # --------------------------------------------------------------------------- helpers
 
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _loads(text: str) -> Any:
-    """json.loads without NaN/Infinity; raises ValueError (also for absurd nesting)."""
-    try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def _int(value: Any) -> int | None:
-    n = _number(value)
-    return int(n) if n is not None else None
+_loads = loads
+_number = number
+_int = integer
+_text = as_text
+_clip = clip
 
 
 def _str_list(value: Any) -> tuple[str, ...]:
@@ -110,19 +93,6 @@ def _str_list(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         return ()
     return tuple(v for v in value if isinstance(v, str))
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _clip(text: str, limit: int = _MAX_LINE_IN_BLOCKER) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def read_log_tail(log_path: Path, max_bytes: int = LOG_TAIL_BYTES) -> str:
@@ -187,199 +157,16 @@ def find_result_object(text: str) -> dict[str, Any] | None:
     return None
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-
-
-def _objects_reversed(text: str) -> Iterator[dict[str, Any]]:
-    """JSON objects that start at the beginning of a line, last first (one per line
-    start: JSONL events, or a pretty-printed object whose ``{`` is in column 0)."""
-    pos = len(text)
-    while pos > 0:
-        start = text.rfind("\n", 0, pos - 1) + 1 if pos > 1 else 0
-        if text.startswith("{", start):
-            try:
-                obj, _ = _DECODER.raw_decode(text, start)
-            except (ValueError, RecursionError):
-                obj = None
-            if isinstance(obj, dict):
-                yield obj
-        pos = start
-        if start == 0:
-            break
-
-
 # --------------------------------------------------------------------------- envelopes
-
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """What an agent CLI wrapped around its answer."""
-
-    kind: str
-    text: str  # the agent's final answer, searched for the result JSON
-    cost_usd: float | None = None
-    tokens: dict[str, int] | None = None
-    error: str | None = None  # the CLI itself reported a failure
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _tokens(pairs: Mapping[str, Any]) -> dict[str, int] | None:
-    out = {k: n for k, v in pairs.items() if (n := _int(v)) is not None}
-    return out or None
-
-
-def _claude(text: str) -> Envelope | None:
-    for obj in _objects_reversed(text):
-        if obj.get("type") != "result":
-            continue
-        answer = obj.get("result")
-        usage = _dict(obj.get("usage"))
-        tokens = _tokens(
-            {
-                "input": usage.get("input_tokens"),
-                "output": usage.get("output_tokens"),
-                "cache_creation": usage.get("cache_creation_input_tokens"),
-                "cache_read": usage.get("cache_read_input_tokens"),
-            }
-        )
-        cost = _number(obj.get("total_cost_usd", obj.get("cost_usd")))
-        error = None
-        if obj.get("is_error") is True or str(obj.get("subtype", "success")) != "success":
-            detail = answer if isinstance(answer, str) and answer.strip() else obj.get("subtype")
-            error = f"claude reported an error: {_clip(str(detail or 'is_error'))}"
-        return Envelope("claude", answer if isinstance(answer, str) else "", cost, tokens, error)
-    return None
-
-
-def _codex(text: str) -> Envelope | None:
-    answer: str | None = None
-    usage_sum: dict[str, int] = {}
-    failed: str | None = None
-    last_error: str | None = None
-    completed = seen = False
-    for obj in _objects_reversed(text):
-        kind = obj.get("type")
-        msg = obj.get("msg")
-        if kind in ("thread.started", "turn.started", "item.started", "item.updated"):
-            seen = True
-        elif kind == "item.completed":
-            seen = True
-            item = _dict(obj.get("item"))
-            if answer is None and item.get("type") in ("agent_message", "assistant_message"):
-                answer = _text(item.get("text"))
-        elif kind == "turn.completed":
-            seen = completed = True
-            for key, value in _dict(obj.get("usage")).items():
-                if (n := _int(value)) is not None:
-                    name = key.removesuffix("_tokens")
-                    usage_sum[name] = usage_sum.get(name, 0) + n
-        elif kind == "turn.failed":
-            seen = True
-            err = obj.get("error")
-            message = err.get("message") if isinstance(err, dict) else err
-            failed = failed or _clip(str(message or "turn failed"))
-        elif kind == "error":
-            last_error = last_error or _clip(str(obj.get("message") or "error"))
-        elif isinstance(msg, dict):  # codex before the thread/turn/item events (<= 0.40)
-            seen = True
-            if answer is None and msg.get("type") == "agent_message":
-                answer = _text(msg.get("message"))
-            elif answer is None and msg.get("type") == "task_complete":
-                answer = _text(msg.get("last_agent_message"))
-    if not seen:
-        return None
-    error = failed or (last_error if not completed else None)
-    return Envelope(
-        "codex",
-        answer or "",
-        None,
-        usage_sum or None,
-        f"codex reported an error: {error}" if error else None,
-    )
-
-
-_GEMINI_KEYS = frozenset({"response", "stats", "error", "session_id"})
-
-
-def _gemini(text: str) -> Envelope | None:
-    for obj in _objects_reversed(text):
-        err_obj = obj.get("error")
-        is_error = isinstance(err_obj, dict) and "message" in err_obj and set(obj) <= _GEMINI_KEYS
-        if "response" not in obj and not is_error:
-            continue
-        answer = obj.get("response")
-        tokens: dict[str, int] = {}
-        stats = _dict(obj.get("stats"))
-        models = _dict(stats.get("models"))
-        names = {"prompt": "input", "candidates": "output"}
-        for model in models.values():
-            for key, value in _dict(_dict(model).get("tokens")).items():
-                if (n := _int(value)) is not None:
-                    name = names.get(str(key), str(key))
-                    tokens[name] = tokens.get(name, 0) + n
-        for key, name in (("inputTokens", "input"), ("outputTokens", "output")):
-            if (n := _int(stats.get(key))) is not None:
-                tokens.setdefault(name, n)
-        err = obj.get("error")
-        error = None
-        if err:
-            message = err.get("message") if isinstance(err, dict) else err
-            error = f"gemini reported an error: {_clip(str(message))}"
-        return Envelope("gemini", _text(answer) or "", None, tokens or None, error)
-    return None
-
-
-_AIDER_TOKENS_RE = re.compile(r"^Tokens:\s*(.+?)\.\s*(?:Cost:|$)", re.M)
-_AIDER_PART_RE = re.compile(r"([\d.,]+)\s*([kKmM]?)\s+(sent|received|cache write|cache hit)")
-_AIDER_COST_RE = re.compile(r"Cost:\s*\$([\d.,]+)\s*message,\s*\$([\d.,]+)\s*session")
-
-
-def _count(number: str, suffix: str) -> int:
-    value = float(number.replace(",", ""))
-    return round(value * {"": 1, "k": 1_000, "m": 1_000_000}[suffix.lower()])
-
-
-def _aider(text: str) -> Envelope | None:
-    names = {"sent": "input", "received": "output", "cache write": "cache_write"}
-    tokens: dict[str, int] = {}
-    for line in _AIDER_TOKENS_RE.finditer(text):
-        for number, suffix, what in _AIDER_PART_RE.findall(line.group(1)):
-            try:
-                n = _count(number, suffix)
-            except ValueError:
-                continue
-            name = names.get(what, "cache_hit")
-            tokens[name] = tokens.get(name, 0) + n
-    cost = None
-    costs = _AIDER_COST_RE.findall(text)
-    if costs:
-        try:
-            cost = float(costs[-1][1].replace(",", ""))  # the session total
-        except ValueError:
-            cost = None
-    if not tokens and cost is None:
-        return None
-    return Envelope("aider", text, cost, tokens or None, None)
-
-
-_UNWRAPPERS = {"claude": _claude, "codex": _codex, "gemini": _gemini, "aider": _aider}
 
 
 def unwrap(output: str, preset: str) -> Envelope:
     """The agent's answer inside its CLI's output. ``shell`` output is taken as it is; a
-    custom command (a wrapper script, say) is tried against every known envelope."""
-    if preset in _UNWRAPPERS:
-        order = [preset]
-    elif preset == "shell":
-        order = []
-    else:
-        order = list(_UNWRAPPERS)
-    for name in order:
-        env = _UNWRAPPERS[name](output)
-        if env is not None:
+    custom command (a wrapper script, say) is tried against every agent's shapes."""
+    agent = AGENTS.get(preset)
+    order = [agent] if agent is not None else list(AGENTS.values())
+    for a in order:
+        if a.unwrap is not None and (env := a.unwrap(output)) is not None:
             return env
     return Envelope("plain", output)
 

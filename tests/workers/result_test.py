@@ -303,21 +303,6 @@ def test_codex_jsonl_events_are_unwrapped_and_usage_summed(parse: Any) -> None:
     assert res.cost_usd is None
 
 
-def test_codex_legacy_events_are_understood(parse: Any) -> None:
-    events = [
-        {"id": "0", "msg": {"type": "task_started"}},
-        {
-            "id": "0",
-            "msg": {
-                "type": "agent_message",
-                "message": fenced({"status": "fail", "blocker": "tests red"}),
-            },
-        },
-    ]
-    res = parse(attempt(1, "".join(json.dumps(e) + "\n" for e in events)), 0, preset="codex")
-    assert res.status == "fail" and res.blocker == "tests red"
-
-
 def test_gemini_pretty_json_after_stderr_noise(parse: Any) -> None:
     out = {
         "response": "Done\n" + fenced({"status": "pass", "notes": "gem"}),

@@ -1,45 +1,12 @@
-"""Worker presets and the command line each task's worker runs (DESIGN §4).
+"""The command line each task's worker runs (DESIGN §4), from its plugin and the user's
+worker setting.
 
-| preset | command (cwd = the task's worktree; ``[args]`` = the worker's ``args``)        | prompt via       |
-|--------|-------------------------------------------------------------------------------|------------------|
-| shell  | ``sh -c '<task.command>'`` (default; run verbatim, no placeholders)            | stdin            |
-| claude | ``claude -p --output-format json --permission-mode acceptEdits [args]``       | stdin            |
-| codex  | ``codex exec --sandbox workspace-write --json [args] -``                      | stdin (``-``)    |
-| aider  | ``aider --yes-always --no-auto-commits --no-gitignore --no-pretty --no-stream | ``--message-file``|
-|        | --no-check-update [args] --message-file {prompt_file}``                       | (stdin /dev/null)|
-| gemini | ``gemini --output-format json --approval-mode auto_edit [args]``              | stdin            |
-
-Every worker also gets SPECEXEC_PROMPT_FILE, SPECEXEC_RESULT_FILE, ... in its environment.
-
-Notes on the choices (checked against each CLI's documentation):
-
-- claude: ``-p`` is Claude Code's non-interactive (print) mode; with no prompt argument it
-  reads the prompt from stdin. ``--output-format json`` prints one
-  ``{"type":"result","result":"...","total_cost_usd":...,"usage":{...}}`` object.
-  ``acceptEdits`` lets it edit files without asking; shell commands stay denied. To let
-  it run tests, add e.g. ``"args": ["--allowedTools", "Bash(pytest:*)"]`` or
-  ``["--dangerously-skip-permissions"]`` (only in a sandbox).
-- codex: ``codex exec`` is Codex's non-interactive mode; ``-`` reads the prompt from
-  stdin; ``--json`` prints JSONL events (``item.completed`` agent messages,
-  ``turn.completed`` token usage). ``--sandbox workspace-write`` allows edits in the
-  worktree (``--full-auto`` is its deprecated alias). Extra args go before ``-``.
-- aider: ``--message-file`` runs one message then exits; ``--yes-always`` answers its
-  confirmations (it still never runs shell commands unasked); ``--no-auto-commits``
-  because specexec commits; ``--no-gitignore`` so it does not edit ``.gitignore``;
-  ``--no-pretty``/``--no-stream`` keep the log plain. stdin is /dev/null. Aider writes
-  ``.aider*`` history files into the worktree.
-- gemini: without a TTY and without ``-p`` Gemini CLI runs headless and takes the prompt
-  from stdin; ``--output-format json`` prints ``{"response": "...", "stats": {...}}``;
-  ``--approval-mode auto_edit`` auto-approves edits only. To approve every tool (shell
-  included), use ``{"preset": "gemini", "command": ["gemini", "--output-format", "json",
-  "--approval-mode", "yolo"]}``: the preset then only selects how the output is read.
-
-A worker object ``{"preset": P, "args": [...]}`` inserts ``args`` where shown. A custom
-``{"command": [...] | "..."}`` replaces the preset's command (a ``preset`` next to it then
-only selects how the output is parsed); ``{prompt_file}``, ``{task_id}``, ``{worktree}``,
-``{spec_dir}`` are substituted in it and in ``args`` - shell-quoted inside a string command,
-verbatim inside argv items. ``${NAME}`` is left to the shell and ``{{name}}`` gives a
-literal ``{name}``. A custom command gets the prompt on stdin as well.
+A worker object ``{"preset": P, "args": [...]}`` inserts ``args`` between the plugin's head
+and tail. A custom ``{"command": [...] | "..."}`` replaces the plugin's command (a ``preset``
+next to it then only selects how the output is read); ``{prompt_file}``, ``{task_id}``,
+``{worktree}``, ``{spec_dir}`` are substituted in it and in ``args``: shell-quoted inside a
+string command, verbatim inside argv items. ``${NAME}`` is left to the shell and
+``{{name}}`` gives a literal ``{name}``. A custom command gets the prompt on stdin as well.
 """
 
 from __future__ import annotations
@@ -52,44 +19,10 @@ from pathlib import Path
 
 from specexec.errors import InvalidInput
 from specexec.tasksfile.types import Spec, Task, WorkerConfig
+from specexec.workers.agent import Agent
+from specexec.workers.registry import AGENTS, CUSTOM, DEFAULT_PRESET, KNOWN_PRESETS
 
 PLACEHOLDERS: tuple[str, ...] = ("prompt_file", "task_id", "worktree", "spec_dir")
-DEFAULT_PRESET = "shell"
-CUSTOM = "custom"  # Invocation.preset of a custom command without a preset
-
-
-@dataclass(frozen=True, slots=True)
-class Preset:
-    name: str
-    head: tuple[str, ...]  # argv before the user's args
-    tail: tuple[str, ...] = ()  # argv after them (codex's "-", aider's prompt file)
-    stdin_prompt: bool = True
-
-
-PRESETS: dict[str, Preset] = {
-    "claude": Preset(
-        "claude", ("claude", "-p", "--output-format", "json", "--permission-mode", "acceptEdits")
-    ),
-    "codex": Preset("codex", ("codex", "exec", "--sandbox", "workspace-write", "--json"), ("-",)),
-    "aider": Preset(
-        "aider",
-        (
-            "aider",
-            "--yes-always",
-            "--no-auto-commits",
-            "--no-gitignore",
-            "--no-pretty",
-            "--no-stream",
-            "--no-check-update",
-        ),
-        ("--message-file", "{prompt_file}"),
-        stdin_prompt=False,
-    ),
-    "gemini": Preset(
-        "gemini", ("gemini", "--output-format", "json", "--approval-mode", "auto_edit")
-    ),
-}
-KNOWN_PRESETS: tuple[str, ...] = (DEFAULT_PRESET, *PRESETS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +32,11 @@ class Invocation:
     command: tuple[str, ...] | str
     stdin_prompt: bool  # give the rendered prompt on stdin (else /dev/null)
     preset: str  # how results.parse_result reads the output: a preset name or "custom"
+
+    @property
+    def agent(self) -> Agent | None:
+        """The plugin behind this command (None: a custom command without a preset)."""
+        return AGENTS.get(self.preset)
 
 
 # {{name}} -> literal {name}; ${name} is a shell variable; {name} is a placeholder.
@@ -169,7 +107,7 @@ def build_invocation(
         text = task.command if not args else f"{task.command} {shlex.join(args)}"
         return Invocation(text, True, DEFAULT_PRESET)
 
-    preset = PRESETS[preset_name]
+    preset = AGENTS[preset_name]
     head = tuple(substitute(a, placeholders, quote=False, where=where) for a in preset.head)
     tail = tuple(substitute(a, placeholders, quote=False, where=where) for a in preset.tail)
     return Invocation(head + args + tail, preset.stdin_prompt, preset_name)

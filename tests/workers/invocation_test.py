@@ -17,7 +17,7 @@ from specexec.errors import InvalidInput
 from specexec.run.processes import run_process, worker_env
 from specexec.run.prompt import BlockerResult, ParallelContext, render_prompt
 from specexec.tasksfile.types import Spec, Task, WorkerConfig
-from specexec.workers.base import KNOWN_PRESETS, build_invocation, preset_problem
+from specexec.workers.invocation import KNOWN_PRESETS, build_invocation, preset_problem
 from specexec.workers.result import WorkerResult, parse_result
 
 FAKE_AGENTS = Path(__file__).parents[1] / "fake_agents"
@@ -74,11 +74,18 @@ def test_each_preset_runs_the_documented_non_interactive_command() -> None:
     assert codex.stdin_prompt
     aider = inv(WorkerConfig(preset="aider"))
     assert aider.command[0] == "aider"
-    assert {"--yes-always", "--no-auto-commits"} <= set(aider.command)
+    assert {"--yes-always", "--no-auto-commits", "--analytics-disable"} <= set(aider.command)
     assert aider.command[-2:] == ("--message-file", "/runs/r1/T1.prompt.md")
     assert not aider.stdin_prompt  # it reads the file; stdin stays /dev/null
     gemini = inv(WorkerConfig(preset="gemini"))
-    assert gemini.command == ("gemini", "--output-format", "json", "--approval-mode", "auto_edit")
+    assert gemini.command == (
+        "gemini",
+        "--output-format",
+        "json",
+        "--approval-mode",
+        "auto_edit",
+        "--skip-trust",  # a fresh worktree is untrusted: gemini would exit 55
+    )
     assert gemini.stdin_prompt
 
 
