@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="specexec-git-cost-"))
     try:
         repo = make_repo(tmp / "repo", files)
+        # specexec's worktrees beside the hand-written ones' filesystem, deleted with tmp.
+        os.environ.setdefault("SPECEXEC_WORKTREE_DIR", str(tmp / "worktrees"))
         ws = Workspace(repo)
         for spec in ("hand", "fresh", "pool"):
             ws.ensure_integration_branch(spec, None)

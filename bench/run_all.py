@@ -33,6 +33,7 @@ BENCH = Path(__file__).resolve().parent
 Result = dict[str, Any]  # a script's figures, as its --json file has them
 # In the order they run: the cheap ones first, the long schedule-quality run last.
 SCRIPTS = [
+    "startup",
     "plan_scale",
     "scheduler_overhead",
     "write_amplification",

@@ -16,6 +16,11 @@ DAG, ``--isolation none``, so transitions come as fast as specexec can make them
 
 Transitions are the ``transition`` events of ``.specexec/events.jsonl``. Target: at most
 one write per coalescing interval (0.25 s) during the run.
+
+It also measures what one coalesced write costs (``TasksStore.apply`` of a batch of two
+task changes) on a 1,000- and a 10,000-task tasks.json, encoding with the store's own
+encoder (``jsonio.IncrementalEncoder``) and with ``json.dumps(indent=2)``: the reason
+that encoder exists (the stdlib's indenting encoder is pure Python).
 """
 
 from __future__ import annotations
@@ -23,13 +28,17 @@ from __future__ import annotations
 import argparse
 import io
 import itertools
+import json
 import os
 import random
 import shutil
+import statistics
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -122,7 +131,7 @@ def outside(spec: Path, repo: Path, tasks: list[BenchTask], jobs: int) -> dict[s
 
 
 def inside(spec: Path, tasks: list[BenchTask], jobs: int) -> dict[str, float]:
-    from specexec.commands.run import prepare
+    from specexec.run.session import prepare
     from specexec.run.executor import Executor, RunOptions, new_run_id
     from specexec.run.progress import PlainReporter
     from specexec.tasksfile.runlock import RunLock
@@ -147,6 +156,68 @@ def inside(spec: Path, tasks: list[BenchTask], jobs: int) -> dict[str, float]:
     }
 
 
+def _stdlib_encode(doc: object) -> bytes:
+    text = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    return text.encode("utf-8", "backslashreplace")
+
+
+def encode_cost(n: int, writes: int) -> dict[str, float]:
+    """Median ms per coalesced write of an ``n``-task file: encode and whole apply, with
+    the store's encoder and with the stdlib's."""
+    from specexec.tasksfile import jsonio
+    from specexec.tasksfile.store import TasksStore
+
+    doc = {
+        "spec": "bench",
+        "tasks": [
+            {
+                "id": f"t{i:05d}",
+                "title": f"task {i} does one thing",
+                "description": "change the module so that it does what the spec says; " * 3,
+                "files": [f"src/m{i % 97}.py", f"src/p{i % 31}/x.py", "README.md"],
+                "blocked_by": [f"t{j:05d}" for j in (i - 1, i - 2) if j >= 0],
+                "status": "pending",
+                "worker": {"preset": "shell", "command": ["true"]},
+                "attempts": 0,
+            }
+            for i in range(n)
+        ],
+    }
+    out: dict[str, float] = {}
+    for name in ("own", "stdlib"):
+        with tempfile.TemporaryDirectory() as tmp:  # each mode writes its own copy
+            (Path(tmp) / "tasks.json").write_bytes(jsonio.encode(doc))
+            out["size"] = (Path(tmp) / "tasks.json").stat().st_size
+            store = TasksStore(tmp)
+            if name == "stdlib":
+                store._encoder.encode = _stdlib_encode  # type: ignore[method-assign]
+            encode_ms, write_ms = _timed_writes(store, n, writes)
+            out[f"{name}_encode_ms"], out[f"{name}_write_ms"] = encode_ms, write_ms
+    return out
+
+
+def _timed_writes(store: Any, n: int, writes: int) -> tuple[float, float]:
+    encode: list[float] = []
+    apply: list[float] = []
+    inner = store._encode
+
+    def timed(doc: dict[str, object], **kw: bool) -> bytes:
+        t = time.perf_counter()
+        try:
+            return bytes(inner(doc, **kw))
+        finally:
+            encode.append(time.perf_counter() - t)
+
+    store._encode = timed
+    store.apply({"t00000": {"status": "in_progress"}})  # warm: parsed once
+    for k in range(writes):
+        a, b = f"t{k * 7 % n:05d}", f"t{(k * 7 + 1) % n:05d}"
+        t = time.perf_counter()
+        store.apply({a: {"status": "pass", "attempts": k}, b: {"status": "in_progress"}})
+        apply.append(time.perf_counter() - t)
+    return statistics.median(encode[1:]) * 1000, statistics.median(apply) * 1000
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="100 tasks (CI)")
@@ -160,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         repo = init_repo(tmp / "repo")
         out = outside(repo / "specs" / "w", repo, tasks, args.jobs)
         ins = inside(repo / "specs" / "w", tasks, args.jobs)
+    load = loadavg()
+    costs = {size: encode_cost(size, 5 if args.quick else 30) for size in (1000, 10000)}
 
     rows = []
     for name, r in (("outside (inode poll)", out), ("inside (CoalescingWriter.writes)", ins)):
@@ -202,6 +275,32 @@ def main(argv: list[str] | None = None) -> int:
         f"({out['transitions'] * out['size'] / max(out['bytes'], 1):.0f}x less). Smallest gap "
         f"between the ends of two writes (file mtimes): {out['min_gap'] * 1000:.0f} ms; at "
         f"most {int(out['max_per_interval'])} write(s) ended within any {INTERVAL:g} s.",
+        "",
+        f"One coalesced write (two tasks changed), median ms (load {load}):",
+        "",
+        table(
+            [
+                "tasks",
+                "KiB",
+                "encode: store's encoder",
+                "encode: json.dumps(indent=2)",
+                "write: store's encoder",
+                "write: json.dumps(indent=2)",
+                f"stdlib write / {INTERVAL:g} s",
+            ],
+            [
+                (
+                    size,
+                    f"{c['size'] / 1024:.0f}",
+                    f"{c['own_encode_ms']:.1f}",
+                    f"{c['stdlib_encode_ms']:.1f}",
+                    f"{c['own_write_ms']:.1f}",
+                    f"{c['stdlib_write_ms']:.1f}",
+                    f"{c['stdlib_write_ms'] / 1000 / INTERVAL:.0%}",
+                )
+                for size, c in costs.items()
+            ],
+        ),
     ]
     # One write per interval over the span of the writes, plus the write of the
     # execution strategy before the tasks start and the final flush. Writes *start* at

@@ -4,7 +4,7 @@ a directory. The one module that uses watchdog.
 Threads: watchdog's observer thread calls the handler, which only records *what* changed
 (a spec folder, or a directory to scan) with a time stamp; the serve loop (the caller's
 thread) owns every decision: it debounces, filters, starts one run thread per spec
-folder through the ordinary run machinery (``commands.run.run``), and restarts the
+folder through the ordinary run machinery (``run.session.run_specs``), and restarts the
 observer if it dies. All runs share one job pool (``slots``) of ``--jobs`` workers.
 
 Its own writes never cause a run: a spec folder is looked at only when it is not
@@ -47,17 +47,19 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserverVFS
 
-from specexec.commands.run import run as run_specs
+from specexec import system
 from specexec.errors import EXIT_INTERRUPTED, EXIT_OK, Busy, InvalidInput, SpecexecError
-from specexec.git.workspace import Workspace
+from specexec.git.repo import find_repo_root
+from specexec.run import recovery
 from specexec.run.executor import RunOptions
 from specexec.run.progress import clean, describe
 from specexec.run.report import summary_lines
+from specexec.run.session import run_specs
 from specexec.tasksfile import jsonio
 from specexec.tasksfile.runlock import RunLock
-from specexec.tasksfile.schema import find_repo_root, load_spec
+from specexec.tasksfile.schema import load_spec
 from specexec.tasksfile.store import runtime_dir
-from specexec.tasksfile.types import RUNTIME_DIR, TASKS_FILE, Spec
+from specexec.tasksfile.types import RUNTIME_DIR, TASKS_FILE
 from specexec.workers.resolve import repo_allows_commands
 
 log = logging.getLogger("specexec.daemon")
@@ -134,18 +136,6 @@ def signature(spec_dir: Path) -> Signature | None:
     return Signature(h.hexdigest(), fst.st_uid, fst.st_mode, dst.st_uid, dst.st_mode, config)
 
 
-def _left_merged_branches(spec: Spec, repo: Path | None) -> bool:
-    """Does the repository still hold branches of tasks that passed? A run killed after
-    its last write of tasks.json leaves them; only a run's recovery removes them."""
-    if repo is None:
-        return False
-    passed = {t.id for t in spec.tasks if t.status == "pass"}
-    try:
-        return bool(passed & Workspace(repo).task_branches(spec.name))
-    except SpecexecError:
-        return False
-
-
 def trust_problem(spec_dir: Path) -> str | None:
     """Why a dropped spec folder must not be run: someone else may write it."""
     me = os.getuid()
@@ -173,19 +163,14 @@ def _digest_of(spec_dir: Path) -> str | None:
 def write_refusal(spec_dir: Path, reason: str, problems: Sequence[str] = ()) -> None:
     """Record why the daemon will not run this folder, for ``specexec status``."""
     doc = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "time": system.utc_iso(),
         "reason": reason,
         "problems": list(problems),
         "tasks_sha256": _digest_of(spec_dir),
     }
+    # Not durable: a refusal lost in a crash is made again at the next look.
     path = runtime_dir(spec_dir) / REFUSED_FILE
-    tmp = path.with_name(f".{REFUSED_FILE}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, path)
+    system.atomic_write(path, json.dumps(doc, indent=2) + "\n", durable=False)
 
 
 def clear_refusal(spec_dir: Path) -> None:
@@ -536,14 +521,13 @@ class Daemon:
             )
             return
         holder = RunLock.holder(spec_dir)
-        # in_progress with nobody holding the run lock: left by a run that died (a
-        # daemon killed hard); the run recovers them to pending first.
-        pending = frozenset(
-            t.id
-            for t in spec.tasks
-            if t.status == "pending" or (t.status == "in_progress" and holder is None)
-        )
-        cleanup = not pending and holder is None and _left_merged_branches(spec, repo)
+        pending = frozenset(t.id for t in spec.tasks if t.status == "pending")
+        cleanup = False
+        if holder is None:
+            # Nobody runs it: what a run that died (a daemon killed hard) left is for the
+            # next run's recovery (in_progress back to pending, merged branches removed).
+            pending |= recovery.left_in_progress(spec)
+            cleanup = not pending and recovery.left_merged_branches(spec, repo)
         if not pending and not cleanup:
             self._seen[spec_dir] = sig
             clear_refusal(spec_dir)

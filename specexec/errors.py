@@ -46,9 +46,3 @@ class GitError(SpecexecError):
     """A git command failed in a way specexec cannot handle."""
 
     exit_code = EXIT_INTERNAL
-
-
-class Interrupted(SpecexecError):
-    """The user (or a signal) stopped the run."""
-
-    exit_code = EXIT_INTERRUPTED

@@ -1,8 +1,40 @@
-"""Plain-text formatting shared by the commands (tables, durations)."""
+"""Plain-text formatting shared by the commands (tables, durations, sizes), and
+``clean``: the one way text from a worker or a file is made safe for a terminal."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from typing import Final
+
+# What a terminal would act on or hide rather than show: C0 and C1 controls (ESC starts
+# escape sequences, BEL rings), DEL, zero-width and bidi marks/overrides/isolates (U+202E
+# turns "exe.txt" into "txt.exe"), line and paragraph separators, the BOM, and lone
+# surrogates (which cannot even be encoded for output).
+_UNSAFE: Final = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff"
+    "\ud800-\udfff]"
+)
+_SPACES: Final = re.compile(r"[\t\n\r\v\f]+")
+# The longest line a message from a worker or a file may take; longer is cut.
+CLEAN_WIDTH: Final = 300
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def clean(text: object, width: int | None = CLEAN_WIDTH, *, strip: bool = True) -> str:
+    """``text`` as one line a terminal shows as it is: whitespace controls become a
+    space, every other unsafe character its escape (``\\x1b``, ``\\u202e``: a file name
+    stays recognisable), cut to ``width`` characters (None: not cut). ``strip=False``
+    keeps the indentation of a line of a document."""
+    s = _UNSAFE.sub(_escape, _SPACES.sub(" ", str(text)))
+    s = s.strip() if strip else s.rstrip()
+    if width is not None and len(s) > width:
+        s = s[: width - 1] + "\u2026"
+    return s
 
 
 def minutes(value: float | None) -> str:
@@ -41,5 +73,20 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def shorten(text: str, width: int) -> str:
-    text = " ".join(text.split())
+    text = " ".join(clean(text, None).split())
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+_MIB: Final = 1024 * 1024
+
+
+def size(n: int) -> str:
+    """A byte count a reader can compare: ``8.4 MB (8,390,683 bytes)``, ``8 MiB
+    (8,388,608 bytes)``; never two different sizes shown alike."""
+    if n >= _MIB and n % _MIB == 0:
+        return f"{n // _MIB} MiB ({n:,} bytes)"
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f} MB ({n:,} bytes)"
+    if n >= 1_000:
+        return f"{n / 1e3:.1f} kB ({n:,} bytes)"
+    return f"{n} bytes"

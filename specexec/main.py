@@ -4,17 +4,16 @@ function in ``specexec.commands`` that takes plain values and returns an exit co
 from __future__ import annotations
 
 import argparse
-import datetime as dt
+import gc
 import os
 import sys
-import tempfile
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from specexec import __version__
 from specexec.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, InvalidInput, SpecexecError
+from specexec.fmt import clean
 
 
 def _number(
@@ -90,8 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--no-pool", action="store_true", help="fresh worktree per task instead of the pool"
     )
-    s.add_argument("--allow-commands", action="store_true", help=argparse.SUPPRESS)
-
     s = sub.add_parser("status", help="show the state of each task")
     s.add_argument("spec_dirs", nargs="+", metavar="SPEC_DIR")
     s.add_argument("--json", action="store_true")
@@ -241,30 +238,49 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _crash_log(exc: BaseException) -> Path:
     """Write the traceback of an unexpected error to a file; return its path."""
+    import tempfile  # only after a crash: a command's start-up imports stay small
+    import traceback
+
     base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "specexec"
     try:
         base.mkdir(parents=True, exist_ok=True)
     except OSError:
         base = Path(tempfile.gettempdir())
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = base / f"crash-{stamp}-{os.getpid()}.log"
-    path.write_text("".join(traceback.format_exception(exc)))
+    from specexec import system  # only here: start-up imports stay small
+
+    path = base / f"crash-{system.utc_stamp()}-{os.getpid()}.log"
+    system.atomic_write(path, "".join(traceback.format_exception(exc)), durable=False)
     return path
 
 
 def report_error(exc: SpecexecError) -> None:
     # A summary ("…: 1 problem") must be followed by the problem itself, even when there
     # is only one: the message alone would not name it.
+    # Messages carry paths and text from files and workers: made safe for the terminal.
     if isinstance(exc, InvalidInput) and exc.problems != (str(exc),):
-        print(f"specexec: error: {exc}", file=sys.stderr)
+        print(f"specexec: error: {clean(exc, _ERROR_WIDTH)}", file=sys.stderr)
         for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+            print(f"  {clean(problem, _ERROR_WIDTH)}", file=sys.stderr)
     else:
-        print(f"specexec: error: {exc}", file=sys.stderr)
+        print(f"specexec: error: {clean(exc, _ERROR_WIDTH)}", file=sys.stderr)
+
+
+_ERROR_WIDTH = 4000
+
+
+# A command builds its state up front: a 40,000-task spec is millions of small objects,
+# none in a cycle, and at the default generation-0 threshold (700 allocations) the
+# collector walks them again and again for nothing: ~30% of `plan`'s CPU at 40,000 tasks
+# (bench/startup.py). Collect less often, never not at all; the daemon, which runs for
+# days on little garbage, keeps the default.
+_GC_THRESHOLD = (100_000, 10, 10)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    old_threshold = gc.get_threshold()
+    if args.command != "watch":
+        gc.set_threshold(*_GC_THRESHOLD)
     try:
         return _dispatch(args)
     except SpecexecError as e:
@@ -280,10 +296,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         path = _crash_log(e)
         print(
-            f"specexec: internal error: {type(e).__name__}: {e} (traceback in {path})",
+            f"specexec: internal error: {type(e).__name__}: {clean(e, _ERROR_WIDTH)} "
+            f"(traceback in {path})",
             file=sys.stderr,
         )
         return EXIT_INTERNAL
+    finally:
+        gc.set_threshold(*old_threshold)  # main() is also called in-process (tests)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,14 @@ import functools
 import os
 import socket
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import filelock
-import psutil
 
 # A reused pid has another start time; this absorbs clock-tick rounding of start times.
 START_TIME_SLACK_S: Final = 1.0
@@ -33,32 +34,62 @@ def atomic_write(
     *,
     mode: int = 0o644,
     durable: bool = True,
-) -> None:
+    owner: tuple[int, int] | None = None,
+    exclusive: bool = False,
+    unless_changed: Callable[[], bool] | None = None,
+) -> bool:
     """Replace ``path`` with ``data`` so that a reader sees the old or the new file, never a
     part. The temp file sits beside the target (same filesystem), is created exclusively
-    and never through a link; ``durable`` also fsyncs the file and its directory."""
+    and never through a link; ``durable`` also fsyncs the file and its directory.
+
+    ``owner`` (uid, gid) is given to the new file where this user may (the group alone
+    otherwise): a rewrite keeps the file's owner. ``exclusive`` never replaces: the file
+    must not exist yet (``FileExistsError``). ``unless_changed`` is asked just before the
+    replace; when it says False the target is left alone and this returns False."""
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Per thread too: two threads of one process may write the same file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         try:
+            if owner is not None:
+                _give(fd, owner)
             view = memoryview(payload)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fchmod(fd, mode)  # the umask may have narrowed it
+            os.fchmod(fd, mode)  # the umask may have narrowed it; after chown (set-id bits)
             if durable:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        if unless_changed is not None and not unless_changed():
+            tmp.unlink()
+            return False
+        if exclusive:
+            os.link(tmp, path)  # fails if ``path`` exists, unlike a rename
+            tmp.unlink()
+        else:
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
     if durable:
         fsync_dir(path.parent)
+    return True
+
+
+def _give(fd: int, owner: tuple[int, int]) -> None:
+    if owner == (os.geteuid(), os.getegid()):
+        return
+    # Only root may give a file away; a member of the group may still keep the group.
+    try:
+        os.fchown(fd, *owner)
+    except PermissionError:
+        with contextlib.suppress(PermissionError):
+            os.fchown(fd, -1, owner[1])
 
 
 def fsync_dir(directory: Path) -> None:
@@ -76,11 +107,24 @@ def fsync_dir(directory: Path) -> None:
         os.close(dfd)
 
 
-def file_lock(path: Path, timeout: float) -> filelock.FileLock:
+def file_lock(
+    path: Path, timeout: float = -1, *, mode: int = 0o644, poll_interval: float = 0.05
+) -> filelock.FileLock:
     """The one lock primitive: an flock on ``path`` that the kernel releases when its
     holder dies. The file is never deleted (deleting it would let two holders lock two
-    different inodes) and the lock is shared by the threads of a process."""
-    return filelock.FileLock(path, timeout=timeout, thread_local=False, preserve_lock_file=True)
+    different inodes), never opened through a link, never truncated (filelock keeps its
+    content), and the lock is shared by the threads of a process. filelock also closes
+    the descriptor in a forked child, so a child that outlives its parent does not keep
+    the lock. No soft-lock fallback: a soft lock is released by deleting its file."""
+    return filelock.FileLock(
+        path,
+        timeout=timeout,
+        mode=mode,
+        poll_interval=poll_interval,
+        thread_local=False,
+        preserve_lock_file=True,
+        fallback_to_soft=False,
+    )
 
 
 LockTimeout = filelock.Timeout
@@ -91,11 +135,21 @@ LockTimeout = filelock.Timeout
 
 @functools.cache
 def _boot_time() -> float:
+    # psutil's own Linux source (``btime`` of /proc/stat), read without importing psutil:
+    # a run needs it for its run lock, and psutil's import costs more than the read.
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"btime"):
+                    return float(line.split()[1])
+    import psutil
+
     return float(psutil.boot_time())
 
 
-def start_time(pid: int) -> float | None:
-    """When ``pid`` started, on psutil's clock (None: it is gone or unreadable).
+def start_time(pid: int, *, zombie: bool = False) -> float | None:
+    """When ``pid`` started, on psutil's clock (None: it is gone or unreadable, or a
+    zombie unless ``zombie``: a zombie has finished, only its exit status is left).
 
     On Linux this reads ``/proc/PID/stat`` directly: psutil parses more than this needs,
     which costs more than starting a small worker."""
@@ -109,12 +163,14 @@ def start_time(pid: int) -> float | None:
         # command name, which may itself hold spaces and parentheses.
         fields = data[data.rfind(b")") + 2 :].split()
         if len(fields) > 19:
-            if fields[0] == b"Z":
-                return None  # a zombie has finished; only its exit status is left
+            if fields[0] == b"Z" and not zombie:
+                return None
             return _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    import psutil  # not Linux, or no /proc
+
     try:
         proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
+        if not zombie and proc.status() == psutil.STATUS_ZOMBIE:
             return None
         return float(proc.create_time())
     except (psutil.Error, OSError):
@@ -130,11 +186,8 @@ class ProcessId:
     host: str
 
     @staticmethod
-    @functools.cache
     def current() -> ProcessId:
-        started = start_time(os.getpid())
-        assert started is not None  # this very process is running
-        return ProcessId(os.getpid(), started, socket.gethostname())
+        return _current(os.getpid())  # keyed by pid: a forked child is another process
 
     @staticmethod
     def of(pid: int) -> ProcessId | None:
@@ -161,6 +214,28 @@ class ProcessId:
             return ProcessId(int(raw["pid"]), float(raw["start_time"]), str(raw["host"]))
         except (KeyError, TypeError, ValueError):
             return None
+
+
+def umask() -> int:
+    """This process's umask. Read from /proc where it can be: ``os.umask()`` can only
+    be read by setting it, which races with threads creating files."""
+    with (
+        contextlib.suppress(OSError, ValueError),
+        open("/proc/self/status", encoding="ascii", errors="replace") as f,
+    ):
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@functools.cache
+def _current(pid: int) -> ProcessId:
+    started = start_time(pid)
+    assert started is not None  # this very process is running
+    return ProcessId(pid, started, socket.gethostname())
 
 
 # --------------------------------------------------------------------------- time

@@ -1,4 +1,9 @@
-"""Shared test helpers: real temporary git repositories and a spec-folder factory."""
+"""The tests' one helpers module: real temporary git repositories, a spec-folder factory,
+the CLI as a subprocess, the one bounded wait, and the fixtures several modules share.
+
+Every test works in its own ``tmp_path`` (the suite runs under pytest-xdist): no fixed
+path, port or shared cache. ``SPECEXEC_CHAOS_TRIALS`` and ``SPECEXEC_STRESS_WRITERS``
+raise the sizes of the chaos and store stress tests above their defaults."""
 
 from __future__ import annotations
 
@@ -6,11 +11,14 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+
+from specexec.git.workspace import Workspace
 
 # Tests must not inherit a developer's git identity or hooks, nor leak GIT_* from a hook.
 for _var in list(os.environ):
@@ -18,6 +26,36 @@ for _var in list(os.environ):
         del os.environ[_var]
 
 PY = sys.executable
+# The integration spec of the ``ws`` fixture.
+SPEC = "feat"
+
+T = TypeVar("T")
+
+
+def env_int(name: str, default: int) -> int:
+    """A size a test reads from the environment (to run it bigger than by default)."""
+    return int(os.environ.get(name) or default)
+
+
+def wait_until(pred: Callable[[], T], timeout: float, interval: float = 0.02) -> T | None:
+    """Poll ``pred`` until it returns a true value (returned) or ``timeout`` seconds pass
+    (None): a bounded wait on a condition, never a sleep as synchronisation."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(interval)
+
+
+def wait_for(pred: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
+    """``wait_until``, failing the test with ``what`` on timeout."""
+    value = wait_until(pred, timeout, interval)
+    if value is None:
+        raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+    return value
 
 
 def git(cwd: Path, *args: str, check: bool = True) -> str:
@@ -109,7 +147,25 @@ def run_cli(
     )
 
 
+@pytest.fixture(autouse=True)
+def _worktree_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Every test's worktrees go to its own temporary directory, never to ~/.cache."""
+    path = tmp_path_factory.mktemp("worktrees")
+    monkeypatch.setenv("SPECEXEC_WORKTREE_DIR", str(path))
+    return path
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Iterator[Path]:
     """A fresh git repository at ``tmp_path/repo``."""
     yield init_repo(tmp_path / "repo")
+
+
+@pytest.fixture
+def ws(repo: Path) -> Workspace:
+    """The ``repo`` fixture's Workspace, with the integration branch of ``SPEC``."""
+    w = Workspace(repo)
+    w.ensure_integration_branch(SPEC, None)
+    return w

@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import init_repo, read_tasks, run_cli, task, write_spec
+from conftest import init_repo, read_tasks, run_cli, task, wait_for, write_spec
 from watchdog.events import FileSystemEvent
 from watchdog.observers.api import BaseObserver
 
@@ -30,18 +30,6 @@ PY = sys.executable
 
 
 # -- helpers --------------------------------------------------------------------------
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll a condition until it holds (a deadline, not a sleep as synchronisation)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def statuses(spec_dir: Path) -> dict[str, str]:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
-from specexec.commands.run import run
 from specexec.errors import InvalidInput
+from specexec.git.repo import log_graph
 from specexec.git.runner import run as git
 from specexec.resources import data_dir
 from specexec.run.executor import RunOptions
+from specexec.run.session import run_specs as run
 
 EXAMPLE = "textkit"
 README = """# specexec demo
@@ -50,8 +50,6 @@ def demo(path: str | None = None, *, jobs: int = 4) -> int:
     if runs:
         print("\n" + runs[-1].read_text())
     print(f"integration branch specexec/{EXAMPLE}:")
-    subprocess.run(
-        ["git", "log", "--oneline", "--graph", f"specexec/{EXAMPLE}"], cwd=dest, check=False
-    )
+    print(log_graph(dest, f"specexec/{EXAMPLE}"))
     print(f"\nlook around: cd {dest} && git log --stat specexec/{EXAMPLE}")
     return code

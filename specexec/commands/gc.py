@@ -1,5 +1,5 @@
-"""``specexec gc [REPO]``: remove stale worktrees, idle pool worktrees and finished task
-branches."""
+"""``specexec gc [REPO]``: remove stale worktrees, idle pool worktrees, the worktrees older
+versions left in the git dir, and finished task branches."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from specexec.errors import EXIT_OK, InvalidInput
 from specexec.resources import data_dir
-from specexec.tasksfile import jsonio
+from specexec.tasksfile import jsonio, store
 from specexec.tasksfile.schema import id_problem, json_schema
 from specexec.tasksfile.types import TASKS_FILE
 
@@ -41,11 +41,11 @@ def init(spec_dir: str, template: str = "minimal") -> int:
     dest.mkdir(parents=True, exist_ok=True)
     src = templates[template]
     for item in sorted(src.iterdir()):
-        if item.is_file() and not (dest / item.name).exists():
+        if item.is_file() and item.name != TASKS_FILE and not (dest / item.name).exists():
             shutil.copyfile(item, dest / item.name)
-    doc = jsonio.loads((dest / TASKS_FILE).read_bytes(), source=str(dest / TASKS_FILE))
+    doc = jsonio.load_file(src / TASKS_FILE)
     doc["spec"] = name
-    (dest / TASKS_FILE).write_text(jsonio.dumps(doc), encoding="utf-8")
+    store.create(dest, doc)  # the store is the one writer of tasks.json
     # Editors validate tasks.json against this (its "$schema" points here).
     (dest / SCHEMA_FILE).write_text(json.dumps(json_schema(), indent=2) + "\n", encoding="utf-8")
     print(f"created {dest}/ from template {template!r}:")

@@ -10,9 +10,8 @@ from typing import Any
 from specexec import fmt
 from specexec.errors import EXIT_OK
 from specexec.plan.planner import Plan, execution_strategy, make_plan
-from specexec.run.progress import clean
+from specexec.fmt import clean
 from specexec.tasksfile.schema import load_spec
-from specexec.tasksfile.store import TasksStore
 from specexec.tasksfile.types import Spec
 
 
@@ -63,7 +62,7 @@ def render_table(spec: Spec, plan: Plan) -> str:
         f" · eager {fmt.minutes(plan.eager_minutes)} ({_speedup(seq, plan.eager_minutes)})"
     )
     for w in plan.warnings:
-        lines.append(f"warning: {w}")
+        lines.append(f"warning: {clean(w)}")
     return "\n".join(lines)
 
 
@@ -134,8 +133,10 @@ def plan(spec_dir: str, *, jobs: int = 4, output: str = "table", write: bool = F
     else:
         print(render_table(spec, result))
         for w in warnings:
-            print(f"warning: {w}", file=sys.stderr)
+            print(f"warning: {clean(w)}", file=sys.stderr)
     if write:
+        from specexec.tasksfile.store import TasksStore  # filelock: only to write
+
         done = TasksStore(spec.dir).apply(top={"execution_strategy": execution_strategy(result)})
         if done.written:
             print(f"wrote execution_strategy to {spec.tasks_file}", file=sys.stderr)

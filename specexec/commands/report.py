@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from specexec import fmt
 from specexec.errors import EXIT_OK, InvalidInput
 from specexec.run.report import render_html, render_markdown
 from specexec.tasksfile.schema import resolve_spec_dir
@@ -35,7 +36,17 @@ def report(spec_dir: str, *, run_id: str | None = None, output: str = "md") -> i
     elif output == "html":
         html = render_html(metrics)
         (run_dir / "report.html").write_text(html)
-        print(html)
+        print(_printable(html))
     else:
-        print(md)
+        print(_printable(md))
     return EXIT_OK
+
+
+# A report line longer than this is cut on the terminal (report.md keeps all of it).
+_LINE_MAX = 2000
+
+
+def _printable(doc: str) -> str:
+    """The report as a terminal may show it: worker text (blockers, notes, data) made
+    safe line by line, indentation kept."""
+    return "\n".join(fmt.clean(line, _LINE_MAX, strip=False) for line in doc.split("\n"))

@@ -47,17 +47,20 @@ def status(spec_dirs: Sequence[str], *, as_json: bool = False) -> int:
     for i, r in enumerate(reports):
         if i:
             print()
-        head = f"spec {r['spec']} ({r['dir']})"
+        # Everything below but the counts comes from files a worker or a clone could
+        # have written: made safe for the terminal.
+        head = f"spec {r['spec']} ({fmt.clean(r['dir'], None)})"
         if r["running"]:
             h = r["running"]
-            head += f": running (pid {h.get('pid')} on {h.get('host')})"
+            head += f": running (pid {h.get('pid')} on {fmt.clean(h.get('host'), 100)})"
         print(head)
         if r["refused"]:
             ref = r["refused"]
-            print(f"refused by specexec watch ({ref.get('time')}): {ref['reason']}")
+            reason = fmt.clean(ref["reason"])
+            print(f"refused by specexec watch ({fmt.clean(ref.get('time'), 40)}): {reason}")
             for problem in ref.get("problems") or []:
                 if problem != ref["reason"]:
-                    print(f"  {problem}")
+                    print(f"  {fmt.clean(problem)}")
         rows = [
             [
                 t["id"],

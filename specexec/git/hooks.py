@@ -16,7 +16,6 @@ commits and worktrees never trigger these hooks.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
@@ -31,10 +30,11 @@ from typing import Final
 from specexec.errors import InvalidInput
 from specexec.git import runner as git
 from specexec.git.env import clean_env
+from specexec.git.repo import locate
+from specexec.system import atomic_write
 from specexec.tasksfile.types import CONTEXT_FILE, TASKS_FILE
 
 HOOK_TYPES: Final = ("pre-commit", "post-commit", "post-merge", "post-checkout")
-RUN_HOOKS: Final = frozenset({"post-commit", "post-merge", "post-checkout"})
 MARKER: Final = "# specexec-hook"
 ORIG_SUFFIX: Final = ".specexec-orig"
 LOG_NAME: Final = "hooks.log"
@@ -77,40 +77,12 @@ def hook_git_env() -> dict[str, str]:
     return {k: os.path.abspath(os.environ[k]) for k in _REPO_VARS if os.environ.get(k)}
 
 
-def _git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    """git as the user runs it (their config, hooksPath included), in a clean env."""
-    try:
-        proc = subprocess.run(
-            ["git", *args],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            env=clean_env() | (env or {}),
-            check=False,
-        )
-    except OSError as e:
-        raise InvalidInput(f"cannot run git: {e}") from None
-    if proc.returncode != 0:
-        raise InvalidInput(f"{cwd}: {proc.stderr.strip() or 'not a git repository'}")
-    return proc.stdout.rstrip("\n")
-
-
 def find_repo(where: str | os.PathLike[str], env: dict[str, str] | None = None) -> Repo:
-    cwd = Path(where)
-    if not cwd.is_dir():
+    """The repository at ``where``, as the user's git sees it (``core.hooksPath``)."""
+    if not Path(where).is_dir():
         raise InvalidInput(f"{where}: no such directory")
-    out = _git(
-        cwd, "rev-parse", "--show-toplevel", "--git-common-dir", "--git-path", "hooks", env=env
-    )
-    lines = out.split("\n")
-    if len(lines) != 3:
-        raise InvalidInput(f"{where}: not inside the working tree of a git repository")
-    top, common, hooks = lines
-    return Repo(
-        top=Path(top),
-        common_dir=(cwd / common).resolve(),
-        hooks_dir=(cwd / os.path.expanduser(hooks)).resolve(),
-    )
+    dirs = locate(Path(where), env)
+    return Repo(top=dirs.root, common_dir=dirs.common_dir, hooks_dir=dirs.hooks_dir)
 
 
 # -- install / uninstall -----------------------------------------------------------------
@@ -153,14 +125,7 @@ def is_ours(path: Path) -> bool:
 
 
 def _write_executable(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.specexec-tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o755)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, path)
+    atomic_write(path, text, mode=0o755)
 
 
 def check_types(hook_types: Sequence[str] | None) -> tuple[str, ...]:

@@ -6,9 +6,11 @@ Switching a kept worktree to another commit rewrites only the files that differ.
 
 Layout (beside the fresh worktrees of ``specexec.git.workspace``)::
 
-    <common>/specexec/pool/<n>         slot n (0 <= n < --jobs): a worktree git knows
-    <common>/specexec/pool/<n>.owner   while a task uses it: owner (pid, start time,
-                                       host) + spec, task, branch, base, stash entries
+    <worktree root>/pool/<n>         slot n (0 <= n < --jobs): a worktree git knows
+    <worktree root>/pool/<n>.owner   while a task uses it: owner (pid, start time,
+                                     host) + spec, task, branch, base, stash entries
+
+The worktree root is outside the git dir and the working tree (``repo.worktree_root``).
 
 A slot is *in use* while its marker names a live process (pid *and* start time, so a
 reused pid does not count), *free* otherwise: no marker, or its owner died (SIGKILL).
@@ -40,24 +42,22 @@ from typing import Any
 
 import psutil
 
+from specexec import system
 from specexec.errors import GitError, SpecexecError
-from specexec.git.workspace import (
-    PARALLEL_CHECKOUT,
+from specexec.git import refs
+from specexec.git.files import add_mode, make_writable, rmtree
+from specexec.git.owners import (
     Owner,
-    Workspace,
-    Worktree,
-    _add_mode,
-    _heads,
-    _make_writable,
-    _owner_file,
-    _rmtree,
-    _set_head,
-    _write_owner,
+    marked_name,
+    marker_file,
+    owned_by_me,
     owner_alive,
     read_marker,
     read_owner,
-    set_sparse,
+    write_marker,
 )
+from specexec.git.sparse import PARALLEL_CHECKOUT, set_sparse
+from specexec.git.workspace import Workspace, Worktree
 
 _SLOT = re.compile(r"(0|[1-9][0-9]{0,5})")
 # Per-worktree git state a fresh worktree does not have: MERGE_HEAD, rebase-merge/,
@@ -67,18 +67,7 @@ _SLOT = re.compile(r"(0|[1-9][0-9]{0,5})")
 _ADMIN_KEEP = frozenset({"HEAD", "commondir", "gitdir", "index"})
 
 
-def _read_umask() -> int:
-    # /proc avoids os.umask()'s set-and-restore, which races with threads creating files.
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
+_UMASK = system.umask()
 _FILE_MODE = 0o666 & ~_UMASK  # what git gives a file it checks out
 _EXEC_MODE = 0o777 & ~_UMASK
 _DIR_MODE = 0o777 & ~_UMASK
@@ -128,7 +117,7 @@ class WorktreePool:
         """Reclaim the slots of dead runs; delete free slots beyond ``size``. What changed."""
         notes: list[str] = []
         trim: list[Slot] = []
-        with self.ws._lock.hold():
+        with self.ws.locked():
             for slot in _slots(self.ws):
                 owner = read_owner(slot.path)
                 if _in_use(slot, owner):
@@ -137,7 +126,7 @@ class WorktreePool:
                     _reclaim(self.ws, slot)
                     notes.append(f"reclaimed {slot.path} (owner process {owner.pid} is gone)")
                 if slot.index >= self.size:
-                    _write_owner(slot.path, {"trim": True})  # ours while its files go
+                    write_marker(slot.path, {"trim": True})  # ours while its files go
                     trim.append(slot)
         for slot in trim:
             _discard(self.ws, slot)
@@ -154,10 +143,10 @@ class WorktreePool:
             if wt.path not in parked:
                 self.release(wt)
         if parked:
-            with self.ws._lock.hold():
+            with self.ws.locked():
                 for path in parked:
-                    if _mine(path):
-                        _owner_file(path).unlink(missing_ok=True)
+                    if owned_by_me(path):
+                        marker_file(path).unlink(missing_ok=True)
             with self._guard:
                 for path in parked:
                     self._held.pop(path, None)
@@ -180,17 +169,17 @@ class WorktreePool:
         the pool), a fresh worktree is made instead.
         """
         ws = self.ws
-        with ws._lock.hold():
-            base = ws._integration_tip(spec)
+        with ws.locked():
+            base = ws.require_integration_tip(spec)
             slot = self._claim(ws.task_record(spec, task_id, base))
             if slot is not None:
                 try:
-                    branch = ws._start_task_branch(spec, task_id, base)
-                    admin = ws._admin_dir(slot.path) if slot.path.is_dir() else None
+                    branch = ws.start_task_branch(spec, task_id, base)
+                    admin = ws.admin_dir(slot.path) if slot.path.is_dir() else None
                     if admin is not None:
-                        _set_head(admin, _heads(branch))
+                        refs.set_head(admin, refs.heads(branch))
                 except BaseException:
-                    _owner_file(slot.path).unlink(missing_ok=True)
+                    marker_file(slot.path).unlink(missing_ok=True)
                     raise
         if slot is None:
             with self._guard:
@@ -203,10 +192,10 @@ class WorktreePool:
             self._prepare(slot, admin, wt, sparse)
         except BaseException:
             self._forget(wt)
-            with ws._lock.hold():
-                if _mine(slot.path):
-                    _owner_file(slot.path).unlink(missing_ok=True)
-                ws._delete_branches([(spec, task_id)])  # the slot is idle: not checked out
+            with ws.locked():
+                if owned_by_me(slot.path):
+                    marker_file(slot.path).unlink(missing_ok=True)
+                ws.delete_task_branches([(spec, task_id)])  # the slot is idle: not checked out
             raise
         return wt
 
@@ -216,16 +205,16 @@ class WorktreePool:
             self.ws.remove_worktree(wt, delete_branch=delete_branch)
             return
         ws = self.ws
-        with ws._lock.hold():
-            if _mine(wt.path):
-                admin = ws._admin_dir(wt.path)
+        with ws.locked():
+            if owned_by_me(wt.path):
+                admin = ws.admin_dir(wt.path)
                 ws.drop_task_stashes(wt.path, admin)
                 if admin is not None:
                     # Detached, so that the branch is not "checked out" and can be deleted.
-                    _set_head(admin, wt.base)
+                    refs.set_head(admin, wt.base)
                 if delete_branch:
-                    ws._delete_branches([(wt.spec, wt.task_id)])
-                _owner_file(wt.path).unlink(missing_ok=True)
+                    ws.delete_task_branches([(wt.spec, wt.task_id)])
+                marker_file(wt.path).unlink(missing_ok=True)
         self._forget(wt)
 
     def keep_failed(self, wt: Worktree, message: str) -> Path | None:
@@ -244,7 +233,7 @@ class WorktreePool:
                 if attempt:
                     return self._park(wt)
                 with contextlib.suppress(OSError):
-                    _make_writable(wt.path, files=True)  # a worker made files unreadable
+                    make_writable(wt.path, files=True)  # a worker made files unreadable
         self.release(wt)
         return None
 
@@ -255,10 +244,10 @@ class WorktreePool:
             self._held.pop(wt.path, None)
 
     def _park(self, wt: Worktree) -> Path:
-        with self.ws._lock.hold():
-            admin = self.ws._admin_dir(wt.path)
+        with self.ws.locked():
+            admin = self.ws.admin_dir(wt.path)
             if admin is not None:
-                _set_head(admin, wt.base)  # the branch stays free for a retry
+                refs.set_head(admin, wt.base)  # the branch stays free for a retry
         with self._guard:
             self._parked.add(wt.path)
             self.stats["parked"] += 1
@@ -279,7 +268,7 @@ class WorktreePool:
             return None
         slot = min(candidates, key=lambda c: (c[0], c[1].index))[1]
         slot.path.parent.mkdir(parents=True, exist_ok=True)
-        _write_owner(slot.path, record)
+        write_marker(slot.path, record)
         return slot
 
     def _prepare(
@@ -294,7 +283,7 @@ class WorktreePool:
                     if attempt == 0:
                         # A worker may have made files or directories read-only.
                         with contextlib.suppress(OSError):
-                            _make_writable(slot.path, files=True)
+                            make_writable(slot.path, files=True)
                     continue
                 with self._guard:
                     self.stats["reused"] += 1
@@ -310,17 +299,14 @@ class WorktreePool:
     def _create(self, slot: Slot, wt: Worktree) -> Path:
         """(Re)create the slot's worktree, detached at the base, HEAD on the branch."""
         ws = self.ws
-        with ws._lock.hold():
-            old = ws._admin_dir(slot.path)
+        with ws.locked():
+            old = ws.admin_dir(slot.path)
             if old is not None:
-                _rmtree(old)
-        _rmtree(slot.path)  # the slot is ours: no lock needed for its files
-        with ws._lock.hold():
-            # --no-checkout: the files are written by the restore, unlocked and in parallel.
-            ws._git("worktree", "add", "-q", "--no-checkout", "--detach", str(slot.path), wt.base)
-            admin = ws._wt_admin(slot.path)
-            _set_head(admin, _heads(wt.branch))
-        return admin
+                rmtree(old)
+        rmtree(slot.path)  # the slot is ours: no lock needed for its files
+        with ws.locked():
+            # The files are written by the restore, unlocked and in parallel.
+            return ws.add_worktree(slot.path, wt.base, wt.branch)
 
     def _restore(self, admin: Path, path: Path, sparse: Sequence[str] | None) -> None:
         """Make the worktree at ``path`` what a fresh checkout of HEAD would be."""
@@ -333,7 +319,7 @@ class WorktreePool:
         # `git sparse-checkout disable` does.
         widen = sparse is None and _index_version(admin) >= 3
         set_sparse(admin, ("/*",) if widen else sparse)
-        wt_git = self.ws._wt_git
+        wt_git = self.ws.worktree_git
         wt_git(admin, path, *PARALLEL_CHECKOUT, "read-tree", "--reset", "-u", "HEAD")
         if widen:
             set_sparse(admin, None)
@@ -409,7 +395,7 @@ def _index_version(admin: Path) -> int:
 def _reset_admin(admin: Path) -> None:
     for entry in os.scandir(admin):
         if entry.name not in _ADMIN_KEEP:
-            _rmtree(Path(entry.path))
+            rmtree(Path(entry.path))
 
 
 def _fix_dot_git(admin: Path, path: Path) -> None:
@@ -419,7 +405,7 @@ def _fix_dot_git(admin: Path, path: Path) -> None:
     with contextlib.suppress(OSError, UnicodeDecodeError):
         if not dot.is_symlink() and dot.read_text(encoding="utf-8") == want:
             return
-    _rmtree(dot)
+    rmtree(dot)
     dot.write_text(want, encoding="utf-8")
 
 
@@ -447,11 +433,11 @@ def _fix_modes(path: Path, entries: Iterable[_Entry]) -> None:
                 chmod(root + rel, want)
         elif mode == b"160000" and stat.S_ISDIR(st.st_mode):
             parents.add(rel)
-            _add_mode(root + rel, 0o700)
+            add_mode(root + rel, 0o700)
             with os.scandir(root + rel) as it:
                 inside = [Path(os.fsdecode(x.path)) for x in it]
             for x in inside:
-                _rmtree(x)
+                rmtree(x)
     dirs: set[bytes] = set()
     for d in parents:
         while d and d not in dirs:
@@ -464,25 +450,17 @@ def _fix_modes(path: Path, entries: Iterable[_Entry]) -> None:
                 chmod(root + d, _DIR_MODE)
 
 
-def _mine(path: Path) -> bool:
-    owner = read_owner(path)
-    return owner is not None and owner.pid == os.getpid() and owner_alive(owner)
-
-
 def _slots(ws: Workspace) -> list[Slot]:
     """Every slot on disk: a directory, a marker, or a worktree git still knows."""
     found: set[int] = set()
     with contextlib.suppress(FileNotFoundError):
         for entry in ws.pool_dir.iterdir():
-            name = entry.name.removesuffix(".tmp").removesuffix(".owner")
+            name = marked_name(entry.name) or entry.name
             if _SLOT.fullmatch(name):
                 found.add(int(name))
-    with contextlib.suppress(FileNotFoundError):
-        for admin in (ws.common_dir / "worktrees").iterdir():
-            with contextlib.suppress(OSError):
-                recorded = Path((admin / "gitdir").read_text(encoding="utf-8").strip())
-                if recorded.parent.parent == ws.pool_dir and _SLOT.fullmatch(recorded.parent.name):
-                    found.add(int(recorded.parent.name))
+    for path in ws.registered_worktrees():
+        if path.parent == ws.pool_dir and _SLOT.fullmatch(path.name):
+            found.add(int(path.name))
     return [Slot(i, ws.pool_dir / str(i)) for i in sorted(found)]
 
 
@@ -512,19 +490,19 @@ def _reclaim(ws: Workspace, slot: Slot) -> None:
     """Free a slot whose owner died (lock held): its task's stash entries go, HEAD is
     detached so the task branch can be deleted, the marker goes."""
     record = read_marker(slot.path) or {}
-    admin = ws._admin_dir(slot.path) if slot.path.is_dir() else None
+    admin = ws.admin_dir(slot.path) if slot.path.is_dir() else None
     ws.drop_task_stashes(slot.path, admin)
     base = record.get("base")
     if admin is not None and isinstance(base, str) and re.fullmatch(r"[0-9a-f]{40,64}", base):
-        _set_head(admin, base)
-    _owner_file(slot.path).unlink(missing_ok=True)
+        refs.set_head(admin, base)
+    marker_file(slot.path).unlink(missing_ok=True)
 
 
 def _discard(ws: Workspace, slot: Slot) -> None:
     """Delete a slot we have claimed: files unlocked, git's record and marker locked."""
-    _rmtree(slot.path)
-    with ws._lock.hold():
-        ws._drop(slot.path)
+    rmtree(slot.path)
+    with ws.locked():
+        ws.drop_worktree(slot.path)
 
 
 def open_pools(
@@ -543,7 +521,7 @@ def open_pools(
 def gc(ws: Workspace) -> list[str]:
     """Remove every pool slot no live process uses. What was removed."""
     doomed: list[tuple[Slot, str]] = []
-    with ws._lock.hold():
+    with ws.locked():
         for slot in _slots(ws):
             owner = read_owner(slot.path)
             if _in_use(slot, owner):
@@ -551,12 +529,12 @@ def gc(ws: Workspace) -> list[str]:
             reason = "free" if owner is None else f"owner process {owner.pid} is gone"
             if owner is not None:
                 _reclaim(ws, slot)
-            _write_owner(slot.path, {"gc": True})  # nobody takes it while its files go
+            write_marker(slot.path, {"gc": True})  # nobody takes it while its files go
             doomed.append((slot, reason))
     removed: list[str] = []
     for slot, reason in doomed:
         _discard(ws, slot)
         removed.append(f"pool worktree {slot.path} ({reason})")
-    with ws._lock.hold(), contextlib.suppress(OSError):
+    with ws.locked(), contextlib.suppress(OSError):
         ws.pool_dir.rmdir()  # only if empty (a run may be creating its first slot)
     return removed

@@ -73,13 +73,15 @@ def run(
     input: bytes | None = None,
     env: Mapping[str, str] | None = None,
     ok: Collection[int] = (0,),
+    as_user: bool = False,
 ) -> GitResult:
     """Run ``git ARGS``; raise GitError (command, directory, stderr) unless the exit is ``ok``.
 
     ``git_dir``/``work_tree`` are passed explicitly so that nothing in ``cwd`` (say, a
-    ``.git`` file a worker rewrote) decides which repository is used.
+    ``.git`` file a worker rewrote) decides which repository is used. ``as_user``: without
+    ``OPTIONS``, as the user's own git would run (the hooks run it so: ``core.hooksPath``).
     """
-    cmd = ["git", *OPTIONS]
+    cmd = ["git"] if as_user else ["git", *OPTIONS]
     if git_dir is not None:
         cmd.append(f"--git-dir={git_dir}")
     if work_tree is not None:

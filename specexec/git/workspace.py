@@ -1,56 +1,90 @@
-"""Worktrees, task branches and merges: the one module that changes git state.
+"""Worktrees, task branches and merges of one repository (``Workspace``).
 
-Layout, all inside the repository's git common dir so that it never shows up in the
-user's ``git status``::
+Layout::
 
-    <common>/specexec/git.lock                        the repository lock (never deleted)
-    <common>/specexec/worktrees/<spec>/<task>         a task's fresh worktree (``--no-pool``)
-    <common>/specexec/worktrees/<spec>/<task>.owner   {"pid", "start_time", "host"}
-    <common>/specexec/pool/<n>                        a pooled worktree (``specexec.git.pool``)
-    <common>/specexec/pool/<n>.owner                  its owner while in use, + the task
+    <common>/specexec/git.lock                     the repository lock (never deleted)
+    <worktree root>/tasks/<spec>/<task>            a task's fresh worktree (``--no-pool``)
+    <worktree root>/tasks/<spec>/<task>.owner      {"pid", "start_time", "host"} + the task
+    <worktree root>/pool/<n>                       a pooled worktree (``specexec.git.pool``)
+    <worktree root>/pool/<n>.owner                 its owner while in use, + the task
 
-Refs: integration branch ``specexec/<spec>``; task branch ``specexec/<spec>@<task>``
-(``specexec/<spec>/<task>`` cannot exist next to ``specexec/<spec>``: a ref cannot be a
-file and a directory at once); ``refs/specexec/bases/<spec>/<task>`` records the commit a
-task branch started from, so that ``is_merged`` still works after a crash.
+The worktree root (``repo.worktree_root``) is outside the git dir and outside the user's
+working tree, by default ``~/.cache/specexec/worktrees/<repo>-<id>``; each worktree's
+``.git`` file points back at its admin dir ``<common>/worktrees/<id>``. Older versions
+kept worktrees under ``<common>/specexec/{pool,worktrees}/``; ``gc`` removes those.
 
-Every git metadata change (worktree add/remove, branch create/delete, ref updates) runs
-under one lock per repository: a threading lock (the executor calls from worker threads)
-around a file lock (other specexec processes). Slow work (checking files out, deleting a
-worktree's files, ``git add``) runs outside it: it only touches one task's worktree.
+Refs: see ``specexec.git.refs``. Every git metadata change (worktree add/remove, branch
+create/delete, ref updates) runs under the repository lock (``owners.repo_lock``). Slow
+work (checking files out, deleting a worktree's files, ``git add``) runs outside it: it
+only touches one task's worktree.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import functools
 import os
 import re
-import shutil
-import socket
-import stat
-import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import filelock
-import psutil
-
 from specexec.errors import Busy, GitError, InvalidInput
+from specexec.git import refs
+from specexec.git.files import rmtree
+from specexec.git.owners import (
+    Owner,
+    marked_name,
+    marker_file,
+    owner_alive,
+    read_marker,
+    read_owner,
+    remove_marker,
+    repo_lock,
+    write_marker,
+)
+from specexec.git.refs import (
+    BASE_REF,
+    BASES,
+    INTEGRATION_REF,
+    TASK_REF,
+    check_name,
+    integration_branch,
+    task_branch,
+)
+from specexec.git.repo import locate, worktree_root
 from specexec.git.runner import ZERO_SHA, GitResult, run
-from specexec.tasksfile.types import Task
+from specexec.git.sparse import (
+    PARALLEL_CHECKOUT,
+    SPARSE_OPTIONS,
+    checkout_patterns,
+    is_sparse,
+    set_sparse,
+)
 
-LOCK_TIMEOUT = 300.0  # seconds; git metadata operations take milliseconds
-BASES = "refs/specexec/bases"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_PART = r"([A-Za-z0-9][A-Za-z0-9._-]*)"
-_TASK_REF = re.compile(rf"refs/heads/specexec/{_PART}@{_PART}")
-_BASE_REF = re.compile(rf"refs/specexec/bases/{_PART}/{_PART}")
-_INTEGRATION_REF = re.compile(rf"refs/heads/specexec/{_PART}")
+# Names other modules import from here.
+__all__ = [
+    "BASES",
+    "MergeResult",
+    "Owner",
+    "StaleWorktree",
+    "Workspace",
+    "Worktree",
+    "check_name",
+    "checkout_patterns",
+    "integration_branch",
+    "owner_alive",
+    "read_marker",
+    "read_owner",
+    "task_branch",
+]
+
 # The reflog message of `git stash` / `git stash push -m`: "WIP on <branch>: ..." / "On <branch>: ...".
 _STASH_MSG = re.compile(r"(?:WIP on|On) (.+?): ")
+_DROPPED = re.compile(r"Dropped stash@\{\d+\} \(([0-9a-f]+)\)")
+# What _resolve reads in process (every other name goes to git).
+_IN_PROCESS_REFS = ("refs/heads/", f"{BASES}/")
 _FALLBACK_NAME = "specexec"
 _FALLBACK_EMAIL = "specexec@localhost"
 
@@ -79,187 +113,6 @@ class StaleWorktree:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Owner:
-    pid: int
-    start_time: float
-    host: str
-
-
-# --- names ---------------------------------------------------------------------------
-
-
-def check_name(kind: str, value: str) -> str:
-    """``value`` if it can be one component of a branch name and a directory name."""
-    if not _NAME.fullmatch(value) or ".." in value or value.endswith((".lock", ".")):
-        raise InvalidInput(
-            f"{kind} {value!r} cannot name a git branch: use 1-64 letters, digits, '.', '_' "
-            "or '-', starting with a letter or digit, without '..' or a trailing '.lock' or '.'"
-        )
-    return value
-
-
-def integration_branch(spec: str) -> str:
-    return _integration(check_name("spec", spec))
-
-
-def task_branch(spec: str, task_id: str) -> str:
-    return _task(check_name("spec", spec), check_name("task id", task_id))
-
-
-# Unchecked forms, for names read back from git (gc must handle whatever is there).
-def _integration(spec: str) -> str:
-    return f"specexec/{spec}"
-
-
-def _task(spec: str, task_id: str) -> str:
-    return f"specexec/{spec}@{task_id}"
-
-
-def _heads(branch: str) -> str:
-    return f"refs/heads/{branch}"
-
-
-def _base_ref(spec: str, task_id: str) -> str:
-    return f"{BASES}/{spec}/{task_id}"
-
-
-# --- the repository lock -------------------------------------------------------------
-
-
-class _RepoLock:
-    """Threads queue on the RLock (prompt wake-up); the holder then takes the file lock."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._thread = threading.RLock()
-        self._file = filelock.FileLock(
-            path, timeout=LOCK_TIMEOUT, thread_local=False, preserve_lock_file=True
-        )
-
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
-        if not self._thread.acquire(timeout=LOCK_TIMEOUT):
-            raise Busy(f"timed out waiting for the repository lock {self.path}")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                self._file.acquire()
-            except filelock.Timeout as exc:
-                raise Busy(f"another process holds the repository lock {self.path}") from exc
-            try:
-                yield
-            finally:
-                self._file.release()
-        finally:
-            self._thread.release()
-
-
-_LOCKS: dict[Path, _RepoLock] = {}
-_LOCKS_GUARD = threading.Lock()
-
-
-def _repo_lock(common_dir: Path) -> _RepoLock:
-    path = common_dir / "specexec" / "git.lock"
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault(path, _RepoLock(path))
-
-
-# --- owner markers -------------------------------------------------------------------
-
-
-def _owner_file(path: Path) -> Path:
-    return path.with_name(path.name + ".owner")
-
-
-def _this_process() -> Owner:
-    me = psutil.Process(os.getpid())
-    return Owner(os.getpid(), float(me.create_time()), socket.gethostname())
-
-
-def read_owner(worktree_path: Path) -> Owner | None:
-    """The owner recorded beside a worktree, or None if missing or unreadable."""
-    try:
-        raw: Any = json.loads(_owner_file(worktree_path).read_text(encoding="utf-8"))
-        return Owner(int(raw["pid"]), float(raw["start_time"]), str(raw["host"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def owner_alive(owner: Owner) -> bool:
-    """Is the owner process still running (same pid *and* same start time)?"""
-    if owner.host != socket.gethostname():
-        return True  # another machine's process: we cannot tell, so keep its work
-    try:
-        proc = psutil.Process(owner.pid)
-        started = float(proc.create_time())
-        zombie = proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True
-    # A reused pid has another start time; 1 s absorbs clock-tick rounding.
-    return not zombie and abs(started - owner.start_time) < 1.0
-
-
-def read_marker(worktree_path: Path) -> dict[str, Any] | None:
-    """The whole owner record beside a worktree (the pool keeps its task there too)."""
-    try:
-        raw: Any = json.loads(_owner_file(worktree_path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return raw if isinstance(raw, dict) else None
-
-
-def _write_owner(worktree_path: Path, extra: Mapping[str, Any] | None = None) -> None:
-    """Record this process as the owner (atomically: a crash leaves the old record)."""
-    me = _this_process()
-    target = _owner_file(worktree_path)
-    tmp = target.with_name(target.name + ".tmp")
-    doc = {**(extra or {}), "pid": me.pid, "start_time": me.start_time, "host": me.host}
-    tmp.write_text(json.dumps(doc) + "\n", encoding="utf-8")
-    os.replace(tmp, target)
-
-
-# --- files ---------------------------------------------------------------------------
-
-
-def _add_mode(path: str | bytes | Path, bits: int) -> None:
-    mode = os.lstat(path).st_mode
-    if mode & bits != bits and not stat.S_ISLNK(mode):
-        os.chmod(path, stat.S_IMODE(mode) | bits)
-
-
-def _make_writable(top: Path, *, files: bool = False) -> None:
-    """Give the owner rwx on every directory under ``top`` (and rw on files if asked)."""
-    # Top-down, so each directory is opened up before os.walk enters it.
-    _add_mode(top, 0o700)
-    for root, dirs, names in os.walk(top):
-        for d in dirs:
-            with contextlib.suppress(FileNotFoundError):
-                _add_mode(os.path.join(root, d), 0o700)
-        if files:
-            for name in names:
-                with contextlib.suppress(FileNotFoundError):
-                    _add_mode(os.path.join(root, name), 0o600)
-
-
-def _rmtree(path: Path) -> None:
-    """Delete ``path`` (never following a symlink), even if a worker made dirs read-only."""
-    if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
-        return
-    if not path.exists():
-        return
-    try:
-        shutil.rmtree(path)
-    except FileNotFoundError:
-        return
-    except OSError:
-        _make_writable(path)
-        shutil.rmtree(path)
-
-
 # --- the workspace -------------------------------------------------------------------
 
 
@@ -267,77 +120,131 @@ class Workspace:
     """The git side of specexec for one repository, safe to share between threads."""
 
     def __init__(self, path: Path | str) -> None:
-        start = Path(path).expanduser().absolute()
-        if not start.exists():
-            raise InvalidInput(f"{start}: no such file or directory")
-        cwd = start if start.is_dir() else start.parent
-        res = run(
-            [
-                "rev-parse",
-                "--is-bare-repository",
-                "--path-format=absolute",
-                "--git-dir",
-                "--git-common-dir",
-                "--show-toplevel",
-            ],
-            cwd=cwd,
-            ok=range(256),
-        )
-        lines = os.fsdecode(res.stdout).splitlines()
-        if lines[:1] == ["true"]:
-            raise InvalidInput(f"{start} is a bare git repository; specexec needs a working tree")
-        if res.returncode != 0 or len(lines) != 4:
-            why = res.stderr.strip().splitlines()[-1:] or ["unknown error"]
-            raise InvalidInput(f"{start} is not inside a git working tree ({why[0]})")
-        self.git_dir = Path(lines[1]).resolve()
-        self.common_dir = Path(lines[2]).resolve()
-        self.root = Path(lines[3]).resolve()
-        self.data_dir = self.common_dir / "specexec"
-        self.worktrees_dir = self.data_dir / "worktrees"
-        self.pool_dir = self.data_dir / "pool"
-        self._lock = _repo_lock(self.common_dir)
+        dirs = locate(path)
+        self.git_dir = dirs.git_dir
+        self.common_dir = dirs.common_dir
+        self.root = dirs.root
+        self.data_dir = self.common_dir / "specexec"  # the lock, hook logs
+        # Where older versions kept worktrees: only gc still looks there.
+        self.legacy_dirs = (self.data_dir / "pool", self.data_dir / "worktrees")
+        self._lock = repo_lock(self.common_dir)
         self._identity: dict[str, str] | None = None
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"
 
-    # -- plumbing --
+    @functools.cached_property
+    def worktree_root(self) -> Path:
+        """This repository's directory of worktrees (resolved when first needed, so that
+        a run without worktrees never refuses a misconfigured one)."""
+        return worktree_root(self.root, self.common_dir)
 
-    def _git(self, *args: str, **kw: Any) -> GitResult:
+    @property
+    def pool_dir(self) -> Path:
+        """The pool's slots: ``<worktree root>/pool/<n>``."""
+        return self.worktree_root / "pool"
+
+    @property
+    def worktrees_dir(self) -> Path:
+        """Fresh (``--no-pool``) worktrees: ``<worktree root>/tasks/<spec>/<task>``."""
+        return self.worktree_root / "tasks"
+
+    def owns_path(self, path: Path) -> bool:
+        """Is ``path`` a worktree of specexec's (this layout's or an older one's)?"""
+        return any(d in path.parents for d in (self.worktree_root, *self.legacy_dirs))
+
+    # -- plumbing (for the pool and the rest of git/) --
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the repository lock (reentrant): every metadata change runs under it."""
+        return self._lock.hold()
+
+    def git(self, *args: str, **kw: Any) -> GitResult:
+        """git in the main repository (``runner.run`` keywords)."""
         return run(args, cwd=self.root, git_dir=self.git_dir, **kw)
 
-    def _wt_admin(self, wt_path: Path) -> Path:
-        admin = self._admin_dir(wt_path)
+    def add_worktree(self, path: Path, base: str, branch: str) -> Path:
+        """Register a worktree at ``path`` detached at ``base``, its HEAD on ``branch``,
+        without checking anything out (lock held); its admin dir."""
+        # --no-checkout: the checkout is the slow part, done later, unlocked.
+        self.git("worktree", "add", "-q", "--no-checkout", "--detach", str(path), base)
+        admin = self.worktree_admin(path)
+        refs.set_head(admin, refs.heads(branch))
+        return admin
+
+    def worktree_admin(self, wt_path: Path) -> Path:
+        admin = self.admin_dir(wt_path)
         if admin is None:
             raise GitError(f"{wt_path} is not a worktree of {self.root}")
         return admin
 
     @staticmethod
-    def _wt_git(admin: Path, wt_path: Path, *args: str, **kw: Any) -> GitResult:
+    def worktree_git(admin: Path, wt_path: Path, *args: str, **kw: Any) -> GitResult:
         # Explicit --git-dir/--work-tree: a worker may have rewritten the worktree's .git.
         if is_sparse(admin):
             args = (*SPARSE_OPTIONS, *args)
         return run(args, cwd=wt_path, git_dir=admin, work_tree=wt_path, **kw)
 
     def _resolve(self, *names: str) -> list[str | None]:
-        """Commit shas of ``names`` (None where missing), in one git call."""
+        """Commit shas of ``names`` (None where missing).
+
+        Branch and base refs are read in process with GitPython (~40 us against ~1.4 ms
+        for a fork, under the repository lock: ``bench/gitpython.py``). They always name
+        a commit (git refuses anything else on a branch; base refs are written here), so
+        reading the ref is the ``^{commit}`` answer. Anything else: one git call.
+        """
+        reader = self._ref_reader
+        if reader is not None and all(n.startswith(_IN_PROCESS_REFS) for n in names):
+            with contextlib.suppress(Exception):  # whatever GitPython trips on, git answers
+                return [reader(n) for n in names]
         data = "".join(f"{n}^{{commit}}\n" for n in names).encode()
-        res = self._git("cat-file", "--batch-check=%(objectname)", input=data)
+        res = self.git("cat-file", "--batch-check=%(objectname)", input=data)
         out = os.fsdecode(res.stdout).splitlines()
         return [None if line.endswith(" missing") else line for line in out]
 
+    @functools.cached_property
+    def _ref_reader(self) -> Callable[[str], str | None] | None:
+        """GitPython's in-process ref lookup for this repository, or None where it cannot
+        be trusted: a reftable repository (GitPython reads files refs only), or one it
+        locates differently from git (GIT_COMMON_DIR & co. in os.environ, which it reads
+        even when given a path: a hook's variables would point it at another repository).
+        Only files are read: nothing here starts git."""
+        if (self.common_dir / "reftable").exists():
+            return None
+        try:
+            import git  # GitPython: 50 ms to import, paid only by runs that use worktrees
+
+            repo = git.Repo(self.git_dir)
+            same = (
+                Path(repo.git_dir).resolve() == self.git_dir
+                and Path(repo.common_dir).resolve() == self.common_dir
+            )
+        except Exception:
+            return None
+        if not same:
+            return None
+        deref = git.SymbolicReference.dereference_recursive
+
+        def read(name: str) -> str | None:
+            try:
+                return deref(repo, name)
+            except ValueError:  # no such ref
+                return None
+
+        return read
+
     def _verify(self, rev: str) -> str | None:
-        res = self._git("rev-parse", "-q", "--verify", f"{rev}^{{commit}}", ok=(0, 1))
+        res = self.git("rev-parse", "-q", "--verify", f"{rev}^{{commit}}", ok=(0, 1))
         return res.text if res.returncode == 0 else None
 
     def _is_ancestor(self, older: str, newer: str) -> bool:
-        res = self._git("merge-base", "--is-ancestor", older, newer, ok=(0, 1))
+        res = self.git("merge-base", "--is-ancestor", older, newer, ok=(0, 1))
         return res.returncode == 0
 
     def _identity_env(self) -> dict[str, str]:
         """Author and committer as git would pick them; never missing."""
         if self._identity is None:
-            res = self._git(
+            res = self.git(
                 "config", "--get-regexp", r"^(user|author|committer)\.(name|email)$", ok=(0, 1)
             )
             cfg: dict[str, str] = {}
@@ -362,9 +269,9 @@ class Workspace:
         args = ["commit-tree", "--no-gpg-sign", tree]
         for p in parents:
             args += ["-p", p]
-        return self._git(*args, input=message.encode(), env=self._identity_env()).text
+        return self.git(*args, input=message.encode(), env=self._identity_env()).text
 
-    def _admin_dir(self, wt_path: Path) -> Path | None:
+    def admin_dir(self, wt_path: Path) -> Path | None:
         """``<common>/worktrees/<id>`` of the worktree at ``wt_path``, if git knows it."""
         target = (wt_path / ".git").resolve()
         try:
@@ -380,8 +287,8 @@ class Workspace:
                 return admin
         return None
 
-    def _registered(self) -> dict[Path, Path]:
-        """Worktree path -> admin dir, for every worktree under our worktrees dir."""
+    def registered_worktrees(self) -> dict[Path, Path]:
+        """Worktree path -> admin dir, for every linked worktree git knows (no git call)."""
         found: dict[Path, Path] = {}
         with contextlib.suppress(FileNotFoundError):
             for admin in (self.common_dir / "worktrees").iterdir():
@@ -389,10 +296,16 @@ class Workspace:
                     recorded = (admin / "gitdir").read_text(encoding="utf-8").strip()
                 except OSError:
                     continue
-                path = Path(recorded).resolve().parent
-                if path.parent.parent == self.worktrees_dir:
-                    found[path] = admin
+                found[Path(recorded).parent] = admin
         return found
+
+    def _registered(self) -> dict[Path, Path]:
+        """Worktree path -> admin dir, for every fresh worktree of ours."""
+        return {
+            path.resolve(): admin
+            for path, admin in self.registered_worktrees().items()
+            if path.resolve().parent.parent == self.worktrees_dir
+        }
 
     def _checked_out(self) -> set[str]:
         """Branches checked out, or being rebased or bisected, in any worktree.
@@ -402,19 +315,14 @@ class Workspace:
         that no live process owns does not count: whoever takes it next switches it to
         another branch before anything else.
         """
-        busy = _branches_in(self.common_dir)
-        with contextlib.suppress(FileNotFoundError):
-            for admin in (self.common_dir / "worktrees").iterdir():
-                try:
-                    path = Path((admin / "gitdir").read_text(encoding="utf-8").strip()).parent
-                except OSError:
-                    continue
-                if not self._idle_slot(path):
-                    busy |= _branches_in(admin)
+        busy = refs.branches_in(self.common_dir)
+        for path, admin in self.registered_worktrees().items():
+            if not self._idle_slot(path):
+                busy |= refs.branches_in(admin)
         return busy
 
     def _idle_slot(self, path: Path) -> bool:
-        if path.parent != self.pool_dir:
+        if path.parent not in (self.pool_dir, self.legacy_dirs[0]):
             return False
         owner = read_owner(path)
         return owner is None or not owner_alive(owner)
@@ -426,8 +334,8 @@ class Workspace:
 
     def ensure_integration_branch(self, spec: str, base_ref: str | None = None) -> str:
         """Create ``specexec/<spec>`` from ``base_ref`` (default HEAD) if missing; its tip."""
-        ref = _heads(integration_branch(spec))
-        with self._lock.hold():
+        ref = refs.heads(integration_branch(spec))
+        with self.locked():
             (tip,) = self._resolve(ref)
             if tip is not None:
                 return tip
@@ -445,7 +353,7 @@ class Workspace:
                         f"base_ref {base_ref!r} of spec {spec!r} does not name a commit "
                         f"in {self.root}"
                     )
-            self._git("update-ref", "-m", "specexec: integration branch", ref, start, ZERO_SHA)
+            self.git("update-ref", "-m", "specexec: integration branch", ref, start, ZERO_SHA)
             return start
 
     # -- worktrees --
@@ -459,20 +367,18 @@ class Workspace:
         None checks out every file.
         """
         path = self.worktree_path(spec, task_id)
-        with self._lock.hold():
-            base = self._integration_tip(spec)
+        with self.locked():
+            base = self.require_integration_tip(spec)
             self._clear_stale(path)
             path.parent.mkdir(parents=True, exist_ok=True)
             # The owner marker comes first so that gc never sees an ownerless new worktree.
-            _write_owner(path, self.task_record(spec, task_id, base))
+            write_marker(path, self.task_record(spec, task_id, base))
             try:
-                branch = self._start_task_branch(spec, task_id, base)
+                branch = self.start_task_branch(spec, task_id, base)
                 # --no-checkout: the checkout is the slow part and is done below, unlocked.
-                self._git("worktree", "add", "-q", "--no-checkout", "--detach", str(path), base)
-                admin = self._wt_admin(path)
-                _set_head(admin, _heads(branch))
+                admin = self.add_worktree(path, base, branch)
             except GitError:
-                self._drop(path)
+                self.drop_worktree(path)
                 raise
         wt = Worktree(path=path, branch=branch, base=base, spec=spec, task_id=task_id)
         try:
@@ -482,9 +388,9 @@ class Workspace:
             raise
         return wt
 
-    def _integration_tip(self, spec: str) -> str:
+    def require_integration_tip(self, spec: str) -> str:
         integration = integration_branch(spec)
-        (base,) = self._resolve(_heads(integration))
+        (base,) = self._resolve(refs.heads(integration))
         if base is None:
             raise GitError(
                 f"integration branch {integration} does not exist in {self.root} "
@@ -492,47 +398,47 @@ class Workspace:
             )
         return base
 
-    def _start_task_branch(self, spec: str, task_id: str, base: str) -> str:
+    def start_task_branch(self, spec: str, task_id: str, base: str) -> str:
         """Point the task's branch and base ref at ``base`` (lock held); the branch name.
 
         Refused while the branch is checked out somewhere (say, the user inspects a
         failed task there): moving it would leave that worktree behind its HEAD.
         """
         branch = task_branch(spec, task_id)
-        if _heads(branch) in self._checked_out():
+        if refs.heads(branch) in self._checked_out():
             raise GitError(
                 f"branch {branch} is checked out in a worktree of {self.root}; "
                 "switch that worktree to another branch to run the task again"
             )
-        lines = f"update {_heads(branch)} {base}\nupdate {_base_ref(spec, task_id)} {base}\n"
-        self._git("update-ref", "-m", "specexec: start task", "--stdin", input=lines.encode())
+        lines = (
+            f"update {refs.heads(branch)} {base}\nupdate {refs.base_ref(spec, task_id)} {base}\n"
+        )
+        self.git("update-ref", "-m", "specexec: start task", "--stdin", input=lines.encode())
         return branch
 
     def _checkout(self, admin: Path, path: Path, sparse: Sequence[str] | None) -> None:
         """Make index and files match HEAD (only what ``sparse`` names, if given)."""
         set_sparse(admin, sparse)
-        self._wt_git(admin, path, *PARALLEL_CHECKOUT, "read-tree", "--reset", "-u", "HEAD")
+        self.worktree_git(admin, path, *PARALLEL_CHECKOUT, "read-tree", "--reset", "-u", "HEAD")
 
     def _clear_stale(self, path: Path) -> None:
         """Remove a dead run's worktree at ``path``; refuse one a live process owns."""
-        owner_file = _owner_file(path)
-        if not (path.exists() or owner_file.exists() or self._admin_dir(path)):
+        owner_file = marker_file(path)
+        if not (path.exists() or owner_file.exists() or self.admin_dir(path)):
             return
         owner = read_owner(path)
         if owner is not None and owner.pid != os.getpid() and owner_alive(owner):
             raise Busy(f"worktree {path} is in use by process {owner.pid}")
-        self._drop(path)
+        self.drop_worktree(path)
 
-    def _drop(self, path: Path) -> None:
+    def drop_worktree(self, path: Path) -> None:
         """Delete a worktree's files, its admin dir and its marker (lock held)."""
-        admin = self._admin_dir(path)
+        admin = self.admin_dir(path)
         self.drop_task_stashes(path, admin)
-        _rmtree(path)
+        rmtree(path)
         if admin is not None:
-            _rmtree(admin)
-        owner_file = _owner_file(path)
-        owner_file.unlink(missing_ok=True)
-        owner_file.with_name(owner_file.name + ".tmp").unlink(missing_ok=True)
+            rmtree(admin)
+        remove_marker(path)
 
     def remove_worktree(
         self, wt: Worktree | tuple[str, str], *, delete_branch: bool = False
@@ -541,24 +447,24 @@ class Workspace:
         spec, task_id = (wt.spec, wt.task_id) if isinstance(wt, Worktree) else wt
         path = self.worktree_path(spec, task_id)
         # Deleting the files is the slow part and touches only this worktree: no lock.
-        _rmtree(path)
-        with self._lock.hold():
-            self._drop(path)
+        rmtree(path)
+        with self.locked():
+            self.drop_worktree(path)
             if delete_branch:
-                self._delete_branches([(spec, task_id)])
+                self.delete_task_branches([(spec, task_id)])
 
     def delete_branch(self, branch: str) -> bool:
         """Delete a task branch (``specexec/<spec>@<task>``) unless it is checked out.
 
         True if it is gone. Other branches are refused: specexec deletes only its own.
         """
-        m = _TASK_REF.fullmatch(_heads(branch.removeprefix("refs/heads/")))
+        m = TASK_REF.fullmatch(refs.heads(branch.removeprefix("refs/heads/")))
         if m is None:
             raise InvalidInput(f"{branch!r} is not a specexec task branch")
-        with self._lock.hold():
-            return bool(self._delete_branches([(m[1], m[2])]))
+        with self.locked():
+            return bool(self.delete_task_branches([(m[1], m[2])]))
 
-    def _delete_branches(
+    def delete_task_branches(
         self, tasks: Sequence[tuple[str, str]], orphan_bases: Sequence[tuple[str, str]] = ()
     ) -> list[tuple[str, str]]:
         """Delete task branches (and base refs), except branches checked out somewhere."""
@@ -566,13 +472,13 @@ class Workspace:
         lines: list[str] = []
         deleted: list[tuple[str, str]] = []
         for spec, task_id in tasks:
-            ref = _heads(_task(spec, task_id))
+            ref = refs.heads(refs.task(spec, task_id))
             if ref not in busy:
-                lines += [f"delete {ref}\n", f"delete {_base_ref(spec, task_id)}\n"]
+                lines += [f"delete {ref}\n", f"delete {refs.base_ref(spec, task_id)}\n"]
                 deleted.append((spec, task_id))
-        lines += [f"delete {_base_ref(spec, task_id)}\n" for spec, task_id in orphan_bases]
+        lines += [f"delete {refs.base_ref(spec, task_id)}\n" for spec, task_id in orphan_bases]
         if lines:
-            self._git("update-ref", "--stdin", input="".join(lines).encode())
+            self.git("update-ref", "--stdin", input="".join(lines).encode())
         return deleted
 
     # -- stashes --
@@ -644,16 +550,28 @@ class Workspace:
                 ):
                     drop.append(sha)
         for sha in drop:
-            # Found again by sha: the user may stash or drop meanwhile (git takes no lock of ours).
-            now = [s for s, _msg in self._stash_log()]
-            if sha in now:
-                self._git("stash", "drop", "-q", f"stash@{{{now.index(sha)}}}")
+            self._drop_stash(sha)
         return drop
+
+    def _drop_stash(self, sha: str) -> None:
+        """Drop the stash entry ``sha``. git drops by index only, and a worker (or the user)
+        may push an entry between our read of the list and the drop, shifting the index:
+        check what was dropped and put back an entry that was not ours."""
+        for _ in range(5):
+            now = [s for s, _msg in self._stash_log()]
+            if sha not in now:
+                return
+            out = self.git("stash", "drop", f"stash@{{{now.index(sha)}}}").text
+            dropped = _DROPPED.search(out)
+            if dropped is None or dropped[1] == sha:
+                return
+            subject = self.git("log", "-1", "--format=%s", dropped[1]).text
+            self.git("stash", "store", "-q", "-m", subject, dropped[1])
 
     def _heads_outside(self) -> set[str]:
         """Where the worktrees outside specexec stand with a detached HEAD (a user's
         stash made there says "(no branch)" too)."""
-        res = self._git("worktree", "list", "--porcelain", "-z")
+        res = self.git("worktree", "list", "--porcelain", "-z")
         heads: set[str] = set()
         path: Path | None = None
         head = ""
@@ -662,18 +580,31 @@ class Workspace:
                 path, head = Path(f[len("worktree ") :]), ""
             elif f.startswith("HEAD "):
                 head = f[len("HEAD ") :]
-            elif f == "detached" and path is not None and self.data_dir not in path.parents:
+            elif f == "detached" and path is not None and not self.owns_path(path):
                 heads.add(head)
         return heads
 
     # -- a worktree's changes --
 
+    def remove_untracked(self, wt: Worktree, pathspecs: Sequence[str]) -> None:
+        """Delete the untracked (and ignored) files matching ``pathspecs`` from the
+        worktree: what a worker wrote for itself, never its change. Files tracked at the
+        base stay."""
+        if pathspecs:
+            admin = self.worktree_admin(wt.path)
+            # A worker may have staged them (aider `git add`s the files it creates): back to
+            # the base's index entry first, so that only untracked copies are left to clean.
+            self.worktree_git(admin, wt.path, "reset", "-q", wt.base, "--", *pathspecs)
+            self.worktree_git(admin, wt.path, "clean", "-f", "-d", "-x", "-q", "--", *pathspecs)
+
     def changed_files(self, wt: Worktree) -> list[str]:
         """Every path changed since ``wt.base``: committed, staged, unstaged, untracked, deleted."""
-        admin = self._wt_admin(wt.path)
+        admin = self.worktree_admin(wt.path)
         diff_args = ("diff", "--name-only", "-z", "--no-renames", "--no-ext-diff", wt.base, "--")
-        diff = self._wt_git(admin, wt.path, *diff_args)
-        untracked = self._wt_git(admin, wt.path, "ls-files", "-z", "--others", "--exclude-standard")
+        diff = self.worktree_git(admin, wt.path, *diff_args)
+        untracked = self.worktree_git(
+            admin, wt.path, "ls-files", "-z", "--others", "--exclude-standard"
+        )
         return sorted(set(diff.fields()) | set(untracked.fields()))
 
     def commit_all(self, wt: Worktree, message: str) -> str | None:
@@ -681,14 +612,16 @@ class Workspace:
 
         Commits the worker made itself are kept (they are the new commit's ancestors).
         """
-        admin = self._wt_admin(wt.path)
+        admin = self.worktree_admin(wt.path)
         # Left by a worker killed in the middle of a git command; the worker is gone now.
         (admin / "index.lock").unlink(missing_ok=True)
         # --sparse: files a worker made outside a sparse checkout are its changes too.
-        self._wt_git(admin, wt.path, "add", "-A", *(("--sparse",) if is_sparse(admin) else ()))
-        tree = self._wt_git(admin, wt.path, "write-tree").text
+        self.worktree_git(admin, wt.path, "add", "-A", *(("--sparse",) if is_sparse(admin) else ()))
+        tree = self.worktree_git(admin, wt.path, "write-tree").text
         query = f"{wt.base}^{{tree}}\nHEAD^{{commit}}\nHEAD^{{tree}}\n".encode()
-        res = self._wt_git(admin, wt.path, "cat-file", "--batch-check=%(objectname)", input=query)
+        res = self.worktree_git(
+            admin, wt.path, "cat-file", "--batch-check=%(objectname)", input=query
+        )
         base_tree, head, head_tree = (
             None if line.endswith(" missing") else line
             for line in os.fsdecode(res.stdout).splitlines()
@@ -699,14 +632,14 @@ class Workspace:
             new = head  # the worker committed everything itself
         else:
             new = self._commit_tree(tree, (head or wt.base,), message)
-        ref = _heads(wt.branch)
-        head_file = _read(admin / "HEAD")
+        ref = refs.heads(wt.branch)
+        head_file = refs.read_text(admin / "HEAD")
         sym = head_file[len("ref: ") :] if head_file.startswith("ref: ") else ""
         if sym != ref or new != head:
-            with self._lock.hold():
+            with self.locked():
                 if sym != ref:  # the worker switched branches: bring HEAD back
-                    _set_head(admin, ref)
-                self._git("update-ref", "-m", f"specexec: {message}", ref, new)
+                    refs.set_head(admin, ref)
+                self.git("update-ref", "-m", f"specexec: {message}", ref, new)
         return new
 
     # -- merging --
@@ -721,8 +654,8 @@ class Workspace:
         moved it in between. On conflict nothing is written.
         """
         branch = integration_branch(spec)
-        ref = _heads(branch)
-        with self._lock.hold():
+        ref = refs.heads(branch)
+        with self.locked():
             if ref in self._checked_out():
                 # Moving a checked-out branch would leave that worktree's index and files
                 # behind its HEAD (what `git fetch` refuses to do too).
@@ -735,20 +668,20 @@ class Workspace:
                 (old,) = self._resolve(ref)
                 if old is None:
                     raise GitError(f"integration branch {branch} does not exist in {self.root}")
-                mb = self._git("merge-base", old, task_commit, ok=(0, 1)).text
+                mb = self.git("merge-base", old, task_commit, ok=(0, 1)).text
                 if mb == task_commit:
                     return MergeResult(True, old)  # already merged: nothing to do
                 if mb == old:
                     new = task_commit
                 else:
                     mt = ("merge-tree", "--write-tree", "-z", "--name-only", old, task_commit)
-                    res = self._git(*mt, ok=(0, 1))
+                    res = self.git(*mt, ok=(0, 1))
                     tree, conflicts = _parse_merge_tree(res.stdout)
                     if res.returncode == 1:
                         return MergeResult(False, None, conflicts or ("(unknown path)",))
                     new = self._commit_tree(tree, (old, task_commit), message)
                 # Compare-and-swap: fails if anyone (even outside specexec) moved the branch.
-                cas = self._git(
+                cas = self.git(
                     "update-ref", "-m", f"specexec: {message}", ref, new, old, ok=range(256)
                 )
                 if cas.returncode == 0:
@@ -759,9 +692,9 @@ class Workspace:
     def is_merged(self, spec: str, task_id: str) -> bool:
         """Did this task's branch get work merged into the integration branch?"""
         tip, base, integ = self._resolve(
-            _heads(task_branch(spec, task_id)),
-            _base_ref(spec, task_id),
-            _heads(integration_branch(spec)),
+            refs.heads(task_branch(spec, task_id)),
+            refs.base_ref(spec, task_id),
+            refs.heads(integration_branch(spec)),
         )
         if tip is None or base is None or integ is None or tip == base:
             return False
@@ -769,13 +702,13 @@ class Workspace:
 
     def integration_tip(self, spec: str) -> str | None:
         """The commit the integration branch points at, or None if it does not exist."""
-        return self._verify(_heads(integration_branch(spec)))
+        return self._resolve(refs.heads(integration_branch(spec)))[0]
 
     def task_branches(self, spec: str) -> set[str]:
         """Ids of the tasks of ``spec`` that have a branch or a worktree (one git call)."""
         ids: set[str] = set()
         for ref in self._refs():
-            m = _TASK_REF.fullmatch(ref)
+            m = TASK_REF.fullmatch(ref)
             if m is not None and m[1] == spec:
                 ids.add(m[2])
         spec_dir = self.worktrees_dir / spec
@@ -794,8 +727,7 @@ class Workspace:
                     for entry in spec_dir.iterdir():
                         if entry.is_dir() and not entry.is_symlink():
                             paths.add(entry)
-                        else:  # an owner marker (or its temporary file)
-                            name = entry.name.removesuffix(".tmp").removesuffix(".owner")
+                        elif name := marked_name(entry.name):  # a marker, or its temp file
                             paths.add(spec_dir / name)
         stale: list[StaleWorktree] = []
         for path in sorted(paths):
@@ -815,9 +747,10 @@ class Workspace:
         Branches with unmerged work (failed tasks) are kept. Returns what was removed.
         """
         removed: list[str] = []
-        with self._lock.hold():
+        with self.locked():
+            removed += self._gc_legacy()
             for st in self.stale_worktrees():
-                self._drop(st.path)
+                self.drop_worktree(st.path)
                 removed.append(f"worktree {st.path} ({st.reason})")
             with contextlib.suppress(OSError):
                 for spec_dir in self.worktrees_dir.iterdir():
@@ -827,11 +760,11 @@ class Workspace:
             bases: dict[tuple[str, str], str] = {}
             integ: dict[str, str] = {}
             for ref, sha in self._refs().items():
-                if m := _TASK_REF.fullmatch(ref):
+                if m := TASK_REF.fullmatch(ref):
                     tips[(m[1], m[2])] = sha
-                elif m := _BASE_REF.fullmatch(ref):
+                elif m := BASE_REF.fullmatch(ref):
                     bases[(m[1], m[2])] = sha
-                elif m := _INTEGRATION_REF.fullmatch(ref):
+                elif m := INTEGRATION_REF.fullmatch(ref):
                     integ[m[1]] = sha
             reasons: dict[tuple[str, str], str] = {}
             for key, tip in sorted(tips.items()):
@@ -839,15 +772,52 @@ class Workspace:
                 if base == tip:
                     reasons[key] = "no changes"
                 elif base is not None and spec_tip is not None and self._is_ancestor(tip, spec_tip):
-                    reasons[key] = f"merged into {_integration(key[0])}"
+                    reasons[key] = f"merged into {refs.integration(key[0])}"
             # Base refs whose branch is already gone are dropped too (not listed).
             orphans = [k for k in bases if k not in tips]
-            for spec, task_id in self._delete_branches(sorted(reasons), orphans):
-                removed.append(f"branch {_task(spec, task_id)} ({reasons[(spec, task_id)]})")
+            for spec, task_id in self.delete_task_branches(sorted(reasons), orphans):
+                removed.append(f"branch {refs.task(spec, task_id)} ({reasons[(spec, task_id)]})")
+            for d in (self.worktrees_dir, self.worktree_root):
+                with contextlib.suppress(OSError):
+                    d.rmdir()  # only if empty
+        return removed
+
+    def _gc_legacy(self) -> list[str]:
+        """Remove the worktrees older versions kept in the git dir (lock held), except
+        those a live process owns: ``<common>/specexec/pool/<n>`` and
+        ``<common>/specexec/worktrees/<spec>/<task>``."""
+        pool, fresh = self.legacy_dirs
+        found: set[Path] = set()
+        for path in self.registered_worktrees():
+            if path.parent == pool or path.parent.parent == fresh:
+                found.add(path)
+        for top, depth in ((pool, 1), (fresh, 2)):
+            with contextlib.suppress(OSError):
+                for entry in top.glob("/".join("*" * depth)):
+                    if entry.is_dir() and not entry.is_symlink():
+                        found.add(entry)
+                    elif name := marked_name(entry.name):
+                        found.add(entry.with_name(name))
+        removed: list[str] = []
+        for path in sorted(found):
+            owner = read_owner(path)
+            if owner is not None and owner_alive(owner):
+                continue
+            self.drop_task_stashes(path, self.admin_dir(path))
+            # --force twice: also a locked worktree, or one with changes.
+            self.git("worktree", "remove", "--force", "--force", str(path), ok=range(256))
+            rmtree(path)
+            remove_marker(path)
+            removed.append(f"worktree {path} (left by an older specexec)")
+        if removed:
+            self.git("worktree", "prune")
+        for d in (*(p for p in fresh.glob("*") if p.is_dir()), pool, fresh):
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only if empty
         return removed
 
     def _refs(self) -> Mapping[str, str]:
-        res = self._git(
+        res = self.git(
             "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/specexec/", BASES
         )
         out: dict[str, str] = {}
@@ -855,95 +825,6 @@ class Workspace:
             sha, _, ref = line.partition(" ")
             out[ref] = sha
         return out
-
-
-# --- sparse checkouts ---------------------------------------------------------------------
-# Done with plumbing (read-tree + the worktree's own info/sparse-checkout) rather than
-# `git sparse-checkout set`, which would switch on extensions.worktreeConfig in the
-# user's shared .git/config. The skip-worktree bits it leaves in the index keep the
-# worker's own `git status` quiet about the files that are not there.
-
-SPARSE_OPTIONS: tuple[str, ...] = (
-    "-c", "core.sparseCheckout=true",
-    "-c", "core.sparseCheckoutCone=false",
-)  # fmt: skip
-PARALLEL_CHECKOUT: tuple[str, ...] = ("-c", "checkout.workers=0")  # one per core (git >= 2.32)
-
-
-def checkout_patterns(task: Task) -> tuple[str, ...] | None:
-    """The sparse-checkout patterns of a ``checkout: sparse`` task, None for a full one.
-
-    Its ``relevant_files`` and ``sparse_paths``, anchored at the top: ``src/`` is the
-    directory and everything in it, ``src/*.py`` the matching files (``*`` never
-    crosses ``/``), ``src/**`` everything beneath, as in ``relevant_files``.
-    """
-    if task.checkout != "sparse":
-        return None
-    out: dict[str, None] = {}
-    for p in (*task.relevant_files, *task.sparse_paths):
-        p = p.strip("/") + ("/" if p.endswith("/") else "")
-        if p and p != "/":
-            # A trailing space would be stripped from a gitignore-style pattern.
-            out["/" + (p[:-1] + "\\ " if p.endswith(" ") else p)] = None
-    return tuple(out)
-
-
-def sparse_file(admin: Path) -> Path:
-    return admin / "info" / "sparse-checkout"
-
-
-def is_sparse(admin: Path) -> bool:
-    return sparse_file(admin).is_file()
-
-
-def set_sparse(admin: Path, patterns: Sequence[str] | None) -> None:
-    """Make the worktree of ``admin`` sparse with ``patterns``, or full (None)."""
-    f = sparse_file(admin)
-    if patterns is None:
-        f.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            f.parent.rmdir()  # if empty: a fresh worktree has no info/
-        return
-    f.parent.mkdir(exist_ok=True)
-    f.write_text("".join(p + "\n" for p in patterns), encoding="utf-8")
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="surrogateescape").strip()
-    except OSError:
-        return ""
-
-
-def _branches_in(git_dir: Path) -> set[str]:
-    """The branch refs one worktree (its git dir) holds, as git's find_shared_symref sees them."""
-    found: set[str] = set()
-    head = _read(git_dir / "HEAD")
-    if head.startswith("ref: "):
-        found.add(head[len("ref: ") :].strip())
-    for name in ("rebase-merge/head-name", "rebase-apply/head-name"):
-        ref = _read(git_dir / name)
-        if ref.startswith("refs/"):
-            found.add(ref)
-    bisect = _read(git_dir / "BISECT_START")
-    if bisect and not re.fullmatch(r"[0-9a-f]{40,64}", bisect):
-        found.add(_heads(bisect))
-    return found
-
-
-def _set_head(admin: Path, target: str) -> None:
-    """Point a worktree's HEAD at a ref (``refs/...``) or detach it at a sha.
-
-    Written the way git writes it (HEAD.lock, then rename) so that a git command in
-    that worktree sees the old or the new HEAD, never half of one.
-    """
-    text = f"ref: {target}\n" if target.startswith("refs/") else f"{target}\n"
-    lock = admin / "HEAD.lock"
-    lock.unlink(missing_ok=True)  # left by a killed worker: the worktree is ours now
-    fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(text)
-    os.replace(lock, admin / "HEAD")
 
 
 def _parse_merge_tree(stdout: bytes) -> tuple[str, tuple[str, ...]]:

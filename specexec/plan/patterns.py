@@ -27,21 +27,20 @@ task that declared ``src/a`` may create the directory ``src/a``.
 
 from __future__ import annotations
 
-import gc
 import re
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from fnmatch import fnmatchcase
 from functools import lru_cache
 
 from specexec.tasksfile.types import Task
 
 __all__ = [
+    "ConflictIndex",
     "conflict_graph",
+    "conflict_index",
     "conflict_indices",
     "covers",
     "fixed_prefix",
-    "gc_paused",
     "is_glob",
     "overlap",
     "path_problem",
@@ -58,6 +57,10 @@ def path_problem(p: str) -> str | None:
 
     Symlink escapes need the filesystem; the loader checks those.
     """
+    # The usual path has none of what the checks below look for (a loader asks ~100k
+    # times for a big spec): substring tests, no split, no regex.
+    if p and p[0] != "/" and p[1:2] != ":" and ".." not in p and "\x00" not in p and "\\" not in p:
+        return None
     if p == "":
         return "empty path"
     if "\x00" in p:
@@ -83,21 +86,25 @@ class _Pattern:
     __slots__ = ("first_magic", "globstar", "is_dir", "key", "literal", "segs", "text")
 
     def __init__(self, text: str) -> None:
-        segs = tuple([s for s in text.split("/") if s and s != "."])
+        parts = text.split("/")
+        if "" in parts or "." in parts:  # only then filter: "a/", "./a", "a//b"
+            parts = [s for s in parts if s and s != "."]
+        segs = tuple(parts)
         self.text = text
         self.segs = segs
         self.is_dir = text.endswith("/") or not segs
-        self.globstar = "**" in segs
-        self.literal = True
-        self.key = segs  # the fixed (glob-free) leading components
-        self.first_magic = ""  # the component right after ``key``: "" for a literal
         if "*" in text or "?" in text or "[" in text:
+            self.globstar = "**" in segs
             for i, seg in enumerate(segs):
                 if _is_magic(seg):
                     self.literal = False
-                    self.key = segs[:i]
-                    self.first_magic = seg
-                    break
+                    self.key = segs[:i]  # the fixed (glob-free) leading components
+                    self.first_magic = seg  # the component right after ``key``
+                    return
+        self.globstar = False
+        self.literal = True
+        self.key = segs
+        self.first_magic = ""
 
 
 # Scope checks and rationales ask about the same few patterns again and again; the
@@ -184,6 +191,15 @@ def _glob_covers(p: _Pattern, path: tuple[str, ...]) -> bool:
     """Does glob ``p`` match concrete ``path`` (or a leading part, for a tree glob)?"""
     pat = p.segs
     lp, lq = len(pat), len(path)
+    if not p.globstar:
+        # Component for component; only a tree glob may stop early.
+        if lq < lp or (lq > lp and not p.is_dir):
+            return False
+        return all(
+            s == c or (_is_magic(s) and fnmatchcase(c, s)) for s, c in zip(pat, path, strict=False)
+        )
+    if lp == len(p.key) + 1 and pat[-1] == "**":  # ``dir/**``: dir and all beneath it
+        return path[: lp - 1] == p.key
     stack = [(0, 0)]
     seen: set[tuple[int, int]] = set()
     while stack:
@@ -269,10 +285,12 @@ def _describe(a: _Pattern, b: _Pattern) -> str:
 
 def overlap(a_patterns: Sequence[str], b_patterns: Sequence[str]) -> str | None:
     """What two pattern lists share (e.g. ``src/x.py``), or None when they do not conflict."""
-    bs = [_compile(q) for q in b_patterns]
-    for p in a_patterns:
-        pa = _compile(p)
-        for pb in bs:
+    return _overlap([_compile(p) for p in a_patterns], [_compile(q) for q in b_patterns])
+
+
+def _overlap(a_pats: Sequence[_Pattern], b_pats: Sequence[_Pattern]) -> str | None:
+    for pa in a_pats:
+        for pb in b_pats:
             if _pats_conflict(pa, pb):
                 return _describe(pa, pb)
     return None
@@ -284,11 +302,13 @@ class _Node:
     __slots__ = ("children", "globs", "literals")
 
     def __init__(self) -> None:
-        self.children: dict[str, _Node] = {}
+        # Most nodes are leaves holding one literal: their containers are made when
+        # first needed (a big plan builds ~100k nodes).
+        self.children: dict[str, _Node] | None = None
         self.literals: list[int] = []
         # Globs grouped by their first glob component, so a path walking past this
         # node tests each distinct component once, not each glob.
-        self.globs: dict[str, list[int]] = {}
+        self.globs: dict[str, list[int]] | None = None
 
 
 def _pattern_pairs(pats: Sequence[_Pattern]) -> Iterator[tuple[int, int]]:
@@ -302,14 +322,36 @@ def _pattern_pairs(pats: Sequence[_Pattern]) -> Iterator[tuple[int, int]]:
     for pid, p in enumerate(pats):
         node = root
         for c in p.key:
-            nxt = node.children.get(c)
+            children = node.children
+            if children is None:
+                children = node.children = {}
+            nxt = children.get(c)
             if nxt is None:
-                nxt = node.children[c] = _Node()
+                nxt = children[c] = _Node()
             node = nxt
         if p.literal:
             node.literals.append(pid)
+        elif node.globs is None:
+            node.globs = {p.first_magic: [pid]}
         else:
             node.globs.setdefault(p.first_magic, []).append(pid)
+
+    # A glob q is only ever tested against a pattern whose fixed part extends q's. Both
+    # then start with q.key, components that only match themselves, so the answer
+    # depends on what follows: ``src/pkgN/**`` against ``src/pkgN/mod3.py`` is decided
+    # once for every N.
+    memo: dict[tuple[tuple[str, ...], bool, tuple[str, ...], bool], bool] = {}
+
+    def glob_conflict(pa: _Pattern, q: _Pattern) -> bool:
+        k = len(q.key)
+        key = (pa.segs[k:], pa.is_dir, q.segs[k:], q.is_dir)
+        hit = memo.get(key)
+        if hit is None:
+            hit = memo[key] = _pats_conflict(pa, q)
+        return hit
+
+    # ``dir/**`` names everything beneath dir: no need to ask for the patterns below.
+    tree = [not p.literal and p.segs[len(p.key) :] == ("**",) for p in pats]
 
     # One walk down the trie. Below a node, its literals (directories holding the
     # subtree) stay candidates for everything, and each of its globs only down the
@@ -317,52 +359,85 @@ def _pattern_pairs(pats: Sequence[_Pattern]) -> Iterator[tuple[int, int]]:
     stack: list[tuple[_Node, list[list[int]], list[int]]] = [(root, [], [])]
     while stack:
         node, lit_chunks, glob_cands = stack.pop()
-        here = node.literals + [q for qs in node.globs.values() for q in qs]
+        globs = node.globs
+        here = node.literals
+        if globs:
+            here = here + [q for qs in globs.values() for q in qs]
         for x, a in enumerate(here):
             pa = pats[a]
             for chunk in lit_chunks:
                 for q in chunk:
                     yield a, q
             for q in glob_cands:
-                if _pats_conflict(pa, pats[q]):
+                if tree[q] or glob_conflict(pa, pats[q]):
                     yield a, q
             # Same fixed part: a literal is the other's path or holds it.
-            for q in here[:x]:
+            for q in here[:x] if x else ():
                 pq = pats[q]
-                if pa.literal or pq.literal or _pats_conflict(pa, pq):
+                if pa.literal or pq.literal or glob_conflict(pa, pq):
                     yield a, q
-        if not node.children:
+        children = node.children
+        if not children:
             continue
         below = [*lit_chunks, node.literals] if node.literals else lit_chunks
-        for comp, child in node.children.items():
-            cands = glob_cands
-            if node.globs:
-                extra = [
-                    q
-                    for first, qs in node.globs.items()
-                    if first == "**" or _seg_compatible(first, comp)
-                    for q in qs
-                ]
-                if extra:
-                    cands = [*glob_cands, *extra]
-            stack.append((child, below, cands))
+        if not globs:
+            stack.extend([(child, below, glob_cands) for child in children.values()])
+            continue
+        if len(globs) == 1 and "**" in globs:  # the usual ``dir/**``: down every edge
+            cands = [*glob_cands, *globs["**"]] if glob_cands else globs["**"]
+            stack.extend([(child, below, cands) for child in children.values()])
+            continue
+        for comp, child in children.items():
+            extra = [
+                q
+                for first, qs in globs.items()
+                if first == "**" or _seg_compatible(first, comp)
+                for q in qs
+            ]
+            stack.append((child, below, [*glob_cands, *extra] if extra else glob_cands))
 
 
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector around a big, cycle-free build.
+class ConflictIndex:
+    """The conflicts of a task list (``conflict_indices``), and what two tasks share.
 
-    Planning 50k tasks allocates millions of small tuples, sets and lists; the collector
-    would rescan them again and again (a third of the time at 50k) and find nothing, as
-    none of them form cycles. Nests: only the outermost pause turns it back on.
+    Keeps the compiled patterns and which of them conflict, so ``overlap`` between two
+    of the tasks neither compiles nor compares patterns again (a big plan asks it for
+    thousands of pairs).
     """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+
+    __slots__ = ("_near", "_neighbours", "_pats", "_task_pids", "conflicts")
+
+    def __init__(
+        self,
+        conflicts: list[frozenset[int]],
+        pats: Sequence[_Pattern],
+        task_pids: Sequence[Sequence[int]],
+        neighbours: Sequence[Sequence[int]],
+    ) -> None:
+        self.conflicts = conflicts
+        self._pats = pats
+        self._task_pids = task_pids  # each task's patterns, in relevant_files order
+        self._neighbours = neighbours  # the other patterns each pattern conflicts with
+        self._near: dict[int, frozenset[int]] = {}
+
+    def overlap(self, i: int, j: int) -> str | None:
+        """``overlap`` of the relevant_files of the tasks at positions ``i`` and ``j``.
+
+        The index holds exactly the pairs ``_pats_conflict`` accepts (it is symmetric,
+        and true of a pattern and itself), so this is the same answer, looked up.
+        """
+        pats, bs = self._pats, self._task_pids[j]
+        for p in self._task_pids[i]:
+            near: Collection[int] = self._neighbours[p]
+            if len(near) > 8:  # a directory near many patterns: look up a set, not a list
+                cached = self._near.get(p)
+                if cached is None:
+                    cached = self._near[p] = frozenset(near)
+                near = cached
+            for q in bs:
+                if p == q or q in near:
+                    return _describe(pats[p], pats[q])
+        return None
 
 
 def conflict_indices(tasks: Sequence[Task]) -> list[frozenset[int]]:
@@ -370,11 +445,15 @@ def conflict_indices(tasks: Sequence[Task]) -> list[frozenset[int]]:
 
     Tasks with no relevant_files conflict with nothing.
     """
-    with gc_paused():
-        return _conflict_indices(tasks)
+    return conflict_index(tasks).conflicts
 
 
-def _conflict_indices(tasks: Sequence[Task]) -> list[frozenset[int]]:
+def conflict_index(tasks: Sequence[Task]) -> ConflictIndex:
+    """``conflict_indices`` of ``tasks``, kept with what ``ConflictIndex.overlap`` needs."""
+    return _conflict_index(tasks)
+
+
+def _conflict_index(tasks: Sequence[Task]) -> ConflictIndex:
     pid_of: dict[str, int] = {}
     pats: list[_Pattern] = []
     owners: list[list[int]] = []
@@ -409,17 +488,16 @@ def _conflict_indices(tasks: Sequence[Task]) -> list[frozenset[int]]:
                 s.update(owners[q])
         s.discard(ti)
         out.append(frozenset(s))
-    return out
+    return ConflictIndex(out, pats, task_pids, neighbours)
 
 
 def conflict_graph(tasks: Sequence[Task]) -> dict[str, frozenset[str]]:
     """Task id -> ids of the tasks it conflicts with (every task is a key)."""
     ids = [t.id for t in tasks]
-    with gc_paused():
-        return {
-            t.id: frozenset(ids[j] for j in idx)
-            for t, idx in zip(tasks, conflict_indices(tasks), strict=True)
-        }
+    return {
+        t.id: frozenset(ids[j] for j in idx)
+        for t, idx in zip(tasks, conflict_indices(tasks), strict=True)
+    }
 
 
 def is_glob(pattern: str) -> bool:
@@ -433,6 +511,8 @@ def fixed_prefix(pattern: str) -> str:
     The whole pattern for a literal path; what the loader resolves to catch symlinks
     that lead out of the repository.
     """
+    if not _is_magic(pattern):
+        return pattern
     out: list[str] = []
     for seg in pattern.split("/"):
         if _is_magic(seg):

@@ -10,12 +10,14 @@ closed form for waves mode (a test holds it equal to ``simulate(mode="waves")``)
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from itertools import chain
 from typing import Any, Literal
 
 from specexec.errors import InvalidInput
-from specexec.plan.patterns import conflict_indices, gc_paused, overlap
+from specexec.plan.patterns import ConflictIndex, conflict_index
 from specexec.plan.schedule import (
     Prepared,
     Slot,
@@ -101,16 +103,19 @@ def find_cycle(tasks: Sequence[Task]) -> list[str] | None:
 def _critical_path(graph: TaskGraph, est: Sequence[float]) -> tuple[tuple[str, ...], float]:
     finish = list(est)
     pred = [-1] * len(est)
+    deps = graph.deps
     for i in graph.order:
         best, arg = 0.0, -1
-        for d in graph.deps[i]:
+        for d in deps[i]:
             if finish[d] > best:
                 best, arg = finish[d], d
         finish[i] = est[i] + best
         pred[i] = arg
     if not graph.order:
         return (), 0.0
-    end = max(graph.order, key=lambda i: (finish[i], -i))
+    # The longest chain's end; the first in file order among equals.
+    top = max([finish[i] for i in graph.order])
+    end = min([i for i in graph.order if finish[i] == top])
     path = []
     i = end
     while i != -1:
@@ -119,31 +124,32 @@ def _critical_path(graph: TaskGraph, est: Sequence[float]) -> tuple[tuple[str, .
     return tuple(reversed(path)), finish[end]
 
 
-def _names(ids: Sequence[str]) -> str:
-    if len(ids) <= _MAX_NAMES:
-        return ", ".join(ids)
-    return ", ".join(ids[:_MAX_NAMES]) + f" and {len(ids) - _MAX_NAMES} more"
+def _names(ids: Sequence[str], positions: Sequence[int]) -> str:
+    if len(positions) <= _MAX_NAMES:
+        return ", ".join([ids[i] for i in positions])
+    shown = ", ".join([ids[i] for i in positions[:_MAX_NAMES]])
+    return shown + f" and {len(positions) - _MAX_NAMES} more"
 
 
 def _rationales(
-    tasks: Sequence[Task],
     graph: TaskGraph,
-    conflicts: Sequence[frozenset[int]],
+    index: ConflictIndex,
     wave: Sequence[int],
     members: Sequence[Sequence[int]],
 ) -> list[str]:
     """Why each wave exists: its size, what it waits for, who was moved out of where."""
+    ids, deps, conflicts = graph.ids, graph.deps, index.conflicts
     out = []
     for mem in members:
         n = len(mem)
         parts = [f"{n} independent tasks with disjoint files" if n > 1 else "1 task"]
-        blockers = sorted({d for i in mem for d in graph.deps[i]})
+        blockers = sorted(set(chain.from_iterable([deps[i] for i in mem])))
         if blockers:
-            parts.append(f"after {_names([graph.ids[d] for d in blockers])} (blocked_by)")
+            parts.append(f"after {_names(ids, blockers)} (blocked_by)")
         moved = 0
         for i in mem:
             low = 1
-            for d in graph.deps[i]:
+            for d in deps[i]:
                 if wave[d] >= low:
                     low = wave[d] + 1
             if wave[i] == low:
@@ -151,12 +157,15 @@ def _rationales(
             moved += 1
             if moved > _MAX_MOVES:
                 continue
-            # Some conflicting task holds the wave i would otherwise be in.
-            c = min(c for c in conflicts[i] if wave[c] == low)
-            shared = overlap(tasks[i].relevant_files, tasks[c].relevant_files)
-            parts.append(
-                f"{graph.ids[i]} moved out of wave {low}: shares {shared} with {graph.ids[c]}"
-            )
+            # Some conflicting task holds the wave i would otherwise be in: name the
+            # first. Wave ``low`` lists its tasks in file order; scan the shorter side.
+            held, cs = members[low - 1], conflicts[i]
+            if len(held) < len(cs):
+                c = next(c for c in held if c in cs)
+            else:
+                c = min([c for c in cs if wave[c] == low])
+            shared = index.overlap(i, c)
+            parts.append(f"{ids[i]} moved out of wave {low}: shares {shared} with {ids[c]}")
         if moved > _MAX_MOVES:
             parts.append(f"{moved - _MAX_MOVES} more moved for shared files")
         out.append("; ".join(parts))
@@ -174,34 +183,34 @@ def _waves_minutes(
     """
     total = 0.0
     for mem in members:
-        order = sorted(mem, key=lambda i: (-prio[i], i))
+        # Longest path first, ties in file order: ``mem`` is in file order and a reverse
+        # sort is stable, so no (priority, position) key tuples are needed.
+        order = sorted(mem, key=prio.__getitem__, reverse=True)
         free = [0.0] * min(jobs, len(order))  # when each slot is next free
         span = 0.0
         for i in order:
-            end = heapq.heappop(free) + est[i]
-            heapq.heappush(free, end)
-            span = max(span, end)
+            end = free[0] + est[i]
+            heapq.heapreplace(free, end)
+            if end > span:
+                span = end
         total += span
     return total
 
 
 def _peak(slots: Sequence[Slot]) -> int:
     """Most intervals open at once (an end at t frees its slot before a start at t)."""
-    events = sorted([(s, 1) for _, s, _ in slots] + [(e, -1) for _, _, e in slots])
-    peak = cur = 0
-    for _, delta in events:
-        cur += delta
-        peak = max(peak, cur)
+    ends = sorted([e for _, _, e in slots])
+    peak = 0
+    # Open just after the k-th start: k started, less those ended by then.
+    for k, s in enumerate(sorted([s for _, s, _ in slots]), start=1):
+        live = k - bisect_right(ends, s)
+        if live > peak:
+            peak = live
     return peak
 
 
 def make_plan(tasks: Sequence[Task], jobs: int) -> Plan:
     """Plan ``tasks`` for ``jobs`` parallel slots. Raises InvalidInput on a cycle."""
-    with gc_paused():
-        return _make_plan(tasks, jobs)
-
-
-def _make_plan(tasks: Sequence[Task], jobs: int) -> Plan:
     if jobs < 1:
         raise InvalidInput(f"--jobs must be at least 1 (got {jobs})")
     # Statuses do not matter here: the plan is of running all of these tasks.
@@ -210,16 +219,19 @@ def _make_plan(tasks: Sequence[Task], jobs: int) -> Plan:
     if len(graph.order) < len(todo):
         raise InvalidInput("blocked_by cycle: " + " -> ".join(find_cycle(todo) or ["?"]))
     est = [t.estimate for t in todo]
-    conflicts = conflict_indices(todo)
+    index = conflict_index(todo)
+    conflicts = index.conflicts
     prio = graph.bottom_levels(est)
     wave = assign_waves(graph, conflicts, prio)
 
     members: list[list[int]] = [[] for _ in range(max(wave, default=0))]
     for i, w in enumerate(wave):
         members[w - 1].append(i)
-    rationales = _rationales(todo, graph, conflicts, wave, members)
+    rationales = _rationales(graph, index, wave, members)
+    del index  # its compiled patterns: free them before the simulation's peak
+    ids = graph.ids
     waves = tuple(
-        Wave(w, tuple(graph.ids[i] for i in mem), rationales[w - 1])
+        Wave(w, tuple([ids[i] for i in mem]), rationales[w - 1])
         for w, mem in enumerate(members, start=1)
     )
     if all(len(w.tasks) == 1 for w in waves):
@@ -229,7 +241,8 @@ def _make_plan(tasks: Sequence[Task], jobs: int) -> Plan:
     else:
         mode = "parallel_waves"
 
-    eager, slots = simulate(todo, jobs, "eager", prepared={"": Prepared(graph, conflicts)})
+    prepared = {"": Prepared(graph, conflicts, prio)}
+    eager, slots = simulate([("", todo)], jobs, "eager", prepared=prepared)
     path, path_minutes = _critical_path(graph, est)
 
     warnings = tuple(
@@ -237,8 +250,7 @@ def _make_plan(tasks: Sequence[Task], jobs: int) -> Plan:
         for t in todo
         if not t.relevant_files
     )
-    ids = graph.ids
-    pairs = tuple((ids[i], ids[j]) for i, cs in enumerate(conflicts) for j in sorted(cs) if i < j)
+    pairs = tuple([(ids[i], ids[j]) for i, cs in enumerate(conflicts) for j in sorted(cs) if i < j])
     return Plan(
         jobs=jobs,
         waves=waves,
@@ -251,7 +263,7 @@ def _make_plan(tasks: Sequence[Task], jobs: int) -> Plan:
         max_concurrent=_peak(slots),
         conflicts=pairs,
         warnings=warnings,
-        eager_schedule=tuple((k[1], s, e) for k, s, e in slots),
+        eager_schedule=tuple([(k[1], s, e) for k, s, e in slots]),
     )
 
 

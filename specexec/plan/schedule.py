@@ -59,47 +59,53 @@ class TaskGraph:
 
     @classmethod
     def build(cls, tasks: Sequence[Task]) -> TaskGraph:
-        index: dict[str, int] = {}
-        for i, t in enumerate(tasks):
-            if t.id in index:
-                raise InvalidInput(f"duplicate task id {t.id!r}")
-            index[t.id] = i
+        ids = tuple([t.id for t in tasks])
+        index = {tid: i for i, tid in enumerate(ids)}
+        if len(index) < len(ids):
+            seen: set[str] = set()
+            for tid in ids:
+                if tid in seen:
+                    raise InvalidInput(f"duplicate task id {tid!r}")
+                seen.add(tid)
+        get = index.get
         deps: list[tuple[int, ...]] = []
-        dependents: list[list[int]] = [[] for _ in tasks]
+        dependents: list[list[int]] = [[] for _ in ids]
         for i, t in enumerate(tasks):
-            if not t.blocked_by:
+            blocked_by = t.blocked_by
+            if not blocked_by:
                 deps.append(())
                 continue
-            ds = [index[b] for b in t.blocked_by if b in index]
-            if len(ds) > 1:
-                ds = list(dict.fromkeys(ds))
-            deps.append(tuple(ds))
+            if len(blocked_by) <= 8:
+                # The usual few blockers: dedup by scanning, cheaper than a dict.
+                found: list[int] = []
+                for b in blocked_by:
+                    d = get(b)
+                    if d is not None and d not in found:
+                        found.append(d)
+                ds = tuple(found)
+            else:
+                ds = tuple(dict.fromkeys([index[b] for b in blocked_by if b in index]))
+            deps.append(ds)
             for d in ds:
                 dependents[d].append(i)
         # Kahn's algorithm in file order: deterministic, and it cannot loop on a cycle.
+        # ``order`` is its own FIFO queue: the loop visits what it appends.
         indeg = [len(d) for d in deps]
-        queue = deque(i for i, k in enumerate(indeg) if k == 0)
-        order: list[int] = []
-        while queue:
-            i = queue.popleft()
-            order.append(i)
+        order = [i for i, k in enumerate(indeg) if not k]
+        for i in order:
             for d in dependents[i]:
                 indeg[d] -= 1
-                if indeg[d] == 0:
-                    queue.append(d)
-        return cls(
-            tuple(t.id for t in tasks),
-            tuple(deps),
-            tuple(tuple(d) for d in dependents),
-            tuple(order),
-        )
+                if not indeg[d]:
+                    order.append(d)
+        return cls(ids, tuple(deps), tuple(map(tuple, dependents)), tuple(order))
 
     def bottom_levels(self, estimates: Sequence[float]) -> list[float]:
         """Each task's estimate plus the longest chain of its dependents."""
         bl = list(estimates)
+        dependents = self.dependents
         for i in reversed(self.order):
             best = 0.0
-            for d in self.dependents[i]:
+            for d in dependents[i]:
                 if bl[d] > best:
                     best = bl[d]
             bl[i] = estimates[i] + best
@@ -115,6 +121,8 @@ class Prepared:
 
     graph: TaskGraph
     conflicts: Sequence[Set[int]]
+    # ``graph.bottom_levels`` of the tasks' estimates, when the caller has it already.
+    priority: Sequence[float] | None = None
 
 
 def remaining_critical_path(tasks: Sequence[Task]) -> dict[str, float]:
@@ -138,22 +146,27 @@ def assign_waves(
     n = len(graph.ids)
     wave = [0] * n
     lo = [1] * n
+    dependents = graph.dependents
     indeg = [len(d) for d in graph.deps]
     heap = [(1, -priority[i], i) for i in range(n) if indeg[i] == 0]
     heapq.heapify(heap)
+    pop, push = heapq.heappop, heapq.heappush
     while heap:
-        low, _, i = heapq.heappop(heap)
-        taken = {wave[c] for c in conflicts[i] if wave[c] >= low}
+        low, _, i = pop(heap)
+        taken = set()  # a loop, not a comprehension: that costs a call per task
+        for c in conflicts[i]:
+            if wave[c] >= low:
+                taken.add(wave[c])
         w = low
         while w in taken:
             w += 1
         wave[i] = w
-        for d in graph.dependents[i]:
+        for d in dependents[i]:
             if lo[d] <= w:
                 lo[d] = w + 1
             indeg[d] -= 1
             if indeg[d] == 0:
-                heapq.heappush(heap, (lo[d], -priority[d], d))
+                push(heap, (lo[d], -priority[d], d))
     return wave
 
 
@@ -185,6 +198,7 @@ class Schedule:
 
         keys: list[Key] = []
         tasks_flat: list[Task] = []
+        est: list[float] = []
         group_of: list[int] = []
         deps: list[Sequence[int]] = []
         dependents: list[Sequence[int]] = []
@@ -203,10 +217,12 @@ class Schedule:
             if prep is None:
                 prep = Prepared(TaskGraph.build(gtasks), conflict_indices(gtasks))
             self._prepared.append(prep)
-            keys.extend((name, t.id) for t in gtasks)
+            keys.extend([(name, t.id) for t in gtasks])
             tasks_flat.extend(gtasks)
             group_of.extend([gi] * len(gtasks))
-            prio.extend(prep.graph.bottom_levels([t.estimate for t in gtasks]))
+            gest = [t.estimate for t in gtasks]
+            est.extend(gest)
+            prio.extend(prep.graph.bottom_levels(gest) if prep.priority is None else prep.priority)
             if base == 0:  # the common case: one spec, positions are global already
                 deps.extend(prep.graph.deps)
                 dependents.extend(prep.graph.dependents)
@@ -216,24 +232,40 @@ class Schedule:
                 dependents.extend(tuple(base + d for d in ds) for ds in prep.graph.dependents)
                 conf.extend(frozenset(base + c for c in cs) for cs in prep.conflicts)
         self._keys = keys
-        self._index = {k: i for i, k in enumerate(keys)}
+        self._index: dict[Key, int] | None = None  # built on first use: see _pos
         self._tasks = tasks_flat
+        self._est = est
         self._group_of = group_of
         self._deps = deps
         self._dependents = dependents
         self._conf = conf
         self._prio = prio
+        # The ready heap holds ranks (longest remaining path first, ties in file order)
+        # rather than (-priority, position) pairs: ints compare faster than tuples. A
+        # reverse sort is stable, so equal priorities keep file order.
+        self._by_rank = by_rank = sorted(range(len(keys)), key=prio.__getitem__, reverse=True)
+        self._rank = rank = [0] * len(keys)
+        for r, i in enumerate(by_rank):
+            rank[i] = r
         self._state: list[str] = [t.status for t in tasks_flat]
         self._reason: list[str | None] = [t.blocker for t in tasks_flat]
         state = self._state
-        self._unmet = [sum(state[d] != "pass" for d in ds) if ds else 0 for ds in deps]
+        # Blockers not yet passed; a plan has none passed, so skip the scan then.
+        self._unmet = unmet = [len(ds) for ds in deps]
+        if "pass" in state:
+            for i, st in enumerate(state):
+                if st == "pass":
+                    for d in dependents[i]:  # each edge once, as in deps
+                        unmet[d] -= 1
         self._running: dict[int, None] = {}  # insertion-ordered: start order
         self._running_in: list[set[int]] = [set() for _ in self._groups]
-        self._heap: list[tuple[float, int]] = []
+        self._heap: list[int] = []
         self._parked: dict[int, list[int]] = {}
 
         # A pending task behind a failed or blocked task can never run.
-        roots = [i for i, s in enumerate(self._state) if s in ("fail", "blocked")]
+        roots = []
+        if "fail" in state or "blocked" in state:
+            roots = [i for i, s in enumerate(state) if s in ("fail", "blocked")]
         self._initially_blocked = self._block_dependents(roots, count_waves=False)
 
         # Waves are planned over what is still to run; the rest counts as satisfied.
@@ -248,13 +280,16 @@ class Schedule:
                 if state[i] == "pending" and not self._unmet[i]:
                     self._make_ready(i)
         else:
-            unmet = self._unmet
-            self._heap = [
-                (-prio[i], i) for i, st in enumerate(state) if st == "pending" and not unmet[i]
-            ]
+            self._heap = [rank[i] for i, st in enumerate(state) if st == "pending" and not unmet[i]]
             heapq.heapify(self._heap)
 
     # -- queries ---------------------------------------------------------------------
+
+    def _pos(self, key: Key) -> int:
+        # A simulation never asks by key: it does not pay for the map.
+        if self._index is None:
+            self._index = {k: i for i, k in enumerate(self._keys)}
+        return self._index[key]
 
     @property
     def jobs(self) -> int:
@@ -270,19 +305,19 @@ class Schedule:
         return tuple(self._keys[i] for i in self._running)
 
     def task(self, key: Key) -> Task:
-        return self._tasks[self._index[key]]
+        return self._tasks[self._pos(key)]
 
     def state(self, key: Key) -> str:
         """pending | running | pass | fail | blocked | in_progress (left alone)."""
-        return self._state[self._index[key]]
+        return self._state[self._pos(key)]
 
     def blocker(self, key: Key) -> str | None:
         """Why a blocked task is blocked."""
-        return self._reason[self._index[key]]
+        return self._reason[self._pos(key)]
 
     def wave_of(self, key: Key) -> int | None:
         """The task's wave in ``waves`` mode (None in eager mode or when not to run)."""
-        w = self._wave[self._index[key]]
+        w = self._wave[self._pos(key)]
         return w or None
 
     def initially_blocked(self) -> list[tuple[Key, str]]:
@@ -294,13 +329,13 @@ class Schedule:
         if self._running:
             return False
         heap = self._heap
-        while heap and not self._startable(heap[0][1]):
+        while heap and not self._startable(self._by_rank[heap[0]]):
             heapq.heappop(heap)
         return not heap
 
     def why_waiting(self, key: Key) -> str:
         """Why a task is not running now (for ``--dry-run`` and status displays)."""
-        i = self._index[key]
+        i = self._pos(key)
         state = self._state[i]
         if state == "running":
             return "running"
@@ -349,19 +384,19 @@ class Schedule:
         ``outcome`` is the status of a task that did not pass (the worker may report
         ``blocked``); it only changes the wording of the dependents' reasons.
         """
-        i = self._index[key]
+        i = self._pos(key)
         if self._state[i] != "running":
             raise ValueError(f"{key} is not running")
         return self._finish(i, passed, outcome)
 
     def release(self, key: Key) -> None:
         """Put a running task back to pending (e.g. interrupted); it may start again."""
-        i = self._index[key]
+        i = self._pos(key)
         if self._state[i] != "running":
             raise ValueError(f"{key} is not running")
         self._stop(i)
         self._state[i] = "pending"
-        heapq.heappush(self._heap, (-self._prio[i], i))
+        heapq.heappush(self._heap, self._rank[i])
 
     def set_jobs(self, n: int) -> None:
         """Change the pool size; running tasks above it finish, none is stopped."""
@@ -374,20 +409,22 @@ class Schedule:
     def _start(self) -> list[int]:
         started: list[int] = []
         heap, state, unmet, running = self._heap, self._state, self._unmet, self._running
-        waves = self._waves_mode
+        conf, jobs, waves, by_rank = self._conf, self._jobs, self._waves_mode, self._by_rank
+        running_in, group_of = self._running_in, self._group_of
         pop = heapq.heappop
-        while heap and len(running) < self._jobs:
-            i = pop(heap)[1]
+        while heap and len(running) < jobs:
+            i = by_rank[pop(heap)]
             if state[i] != "pending" or unmet[i] or (waves and not self._startable(i)):
                 continue  # stale entry: started, released again or blocked meanwhile
-            c = self._conflicting_running(i) if self._conf[i] else None
-            if c is not None:
-                # Nothing changes for i until c stops: wait on c instead of the heap.
-                self._parked.setdefault(c, []).append(i)
-                continue
+            if conf[i]:
+                c = self._conflicting_running(i)
+                if c is not None:
+                    # Nothing changes for i until c stops: wait on c instead of the heap.
+                    self._parked.setdefault(c, []).append(i)
+                    continue
             state[i] = "running"
             running[i] = None
-            self._running_in[self._group_of[i]].add(i)
+            running_in[group_of[i]].add(i)
             started.append(i)
         return started
 
@@ -397,12 +434,15 @@ class Schedule:
         state[i] = "pass" if passed else outcome
         newly: list[tuple[Key, str]] = []
         if passed:
-            unmet = self._unmet
+            unmet, waves, heap, rank = self._unmet, self._waves_mode, self._heap, self._rank
             for d in self._dependents[i]:
                 if state[d] == "pending":
                     unmet[d] -= 1
                     if not unmet[d]:
-                        self._make_ready(d)
+                        if waves:
+                            self._make_ready(d)
+                        else:  # _make_ready in eager mode, without the call
+                            heapq.heappush(heap, rank[d])
         else:
             newly = self._block_dependents([i], count_waves=True)
         if self._waves_mode:
@@ -421,13 +461,13 @@ class Schedule:
                 if self._wave[i] > self._current[g]:
                     self._held[g].setdefault(self._wave[i], []).append(i)
                 return
-        heapq.heappush(self._heap, (-self._prio[i], i))
+        heapq.heappush(self._heap, self._rank[i])
 
     def _stop(self, i: int) -> None:
         del self._running[i]
         self._running_in[self._group_of[i]].discard(i)
         for j in self._parked.pop(i, ()):
-            heapq.heappush(self._heap, (-self._prio[j], j))
+            heapq.heappush(self._heap, self._rank[j])
 
     def _conflicting_running(self, i: int) -> int | None:
         conf = self._conf[i]
@@ -509,31 +549,31 @@ class Schedule:
                 return
         for j in self._held[g].pop(self._current[g], ()):
             if self._startable(j):
-                heapq.heappush(self._heap, (-self._prio[j], j))
+                heapq.heappush(self._heap, self._rank[j])
 
 
 def _drive(schedule: Schedule) -> tuple[float, list[Slot]]:
     """Discrete-event simulation: every task takes ``Task.estimate`` minutes and passes."""
-    est = [t.estimate for t in schedule._tasks]
+    est, keys = schedule._est, schedule._keys
     now = 0.0
     events: list[tuple[float, int]] = []
-    slots: list[tuple[int, float, float]] = []
+    slots: list[Slot] = []
     makespan = 0.0
     push, pop = heapq.heappush, heapq.heappop
+    start, finish = schedule._start, schedule._finish
     while True:
-        for i in schedule._start():
+        for i in start():
             end = now + est[i]
             push(events, (end, i))
-            slots.append((i, now, end))
+            slots.append((keys[i], now, end))
             if end > makespan:
                 makespan = end
         if not events:
-            keys = schedule._keys
-            return makespan, [(keys[i], s, e) for i, s, e in slots]
+            return makespan, slots
         now, i = pop(events)
-        schedule._finish(i, True, "fail")
+        finish(i, True, "fail")
         while events and events[0][0] == now:  # free every slot that ends at once
-            schedule._finish(pop(events)[1], True, "fail")
+            finish(pop(events)[1], True, "fail")
 
 
 def simulate(

@@ -3,8 +3,10 @@ of the executor; touches nothing but its own worktree, its run files and the git
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -18,8 +20,10 @@ from specexec.plan import patterns as paths
 from specexec.run.processes import ProcessOutcome, run_process, worker_env
 from specexec.run.prompt import BlockerResult, MergedInput, ParallelContext, render_prompt
 from specexec.tasksfile.types import Spec, Task, WorkerConfig
-from specexec.workers.base import build_invocation
-from specexec.workers.result import WorkerResult, parse_result
+from specexec.workers.agent import Agent
+from specexec.workers.invocation import Invocation, build_invocation
+from specexec.workers.registry import AGENTS
+from specexec.workers.result import RESULT_FILE_MAX_BYTES, WorkerResult, parse_result
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,156 +102,233 @@ def _inputs_doc(ctx: AttemptContext) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """An attempt's worker, ready to start: where, what, with which environment."""
+
+    cwd: Path
+    files: Mapping[str, Path]  # the run folder's prompt.md, result.json, inputs.json, log
+    result_file: Path  # where the worker writes its result
+    invocation: Invocation
+    env: Mapping[str, str]
+
+
 def run_attempt(ctx: AttemptContext) -> AttemptOutcome:
-    task, spec = ctx.task, ctx.spec
     wt: Worktree | None = None
     out = AttemptOutcome("fail")
     try:
         if ctx.workspace is not None:
-            sparse = checkout_patterns(task)
+            sparse = checkout_patterns(ctx.task)
             if ctx.pool is not None:
-                wt = ctx.pool.acquire(spec.name, task.id, sparse=sparse)
+                wt = ctx.pool.acquire(ctx.spec.name, ctx.task.id, sparse=sparse)
             else:
-                wt = ctx.workspace.create_worktree(spec.name, task.id, sparse=sparse)
-        cwd = wt.path if wt is not None else ctx.cwd
-        files = {
-            k: ctx.run_dir / f"{task.id}.{k}"
-            for k in ("prompt.md", "result.json", "inputs.json", "log")
-        }
-        files["result.json"].unlink(missing_ok=True)
-        prompt = render_prompt(
-            spec, task, parallel=ctx.parallel, inputs=ctx.inputs, merged=ctx.merged
-        )
-        _write_private(files["prompt.md"], prompt)
-        _write_private(
-            # Compact: with an indent, json runs its pure-Python encoder.
-            files["inputs.json"],
-            json.dumps(_inputs_doc(ctx), ensure_ascii=False) + "\n",
-        )
-        placeholders = {
-            "prompt_file": str(files["prompt.md"]),
-            "task_id": task.id,
-            "worktree": str(cwd),
-            "spec_dir": str(spec.dir),
-        }
-        inv = build_invocation(ctx.worker, task, spec, placeholders)
-        env = worker_env(
-            ctx.base_env,
-            task_id=task.id,
-            spec_dir=spec.dir,
-            worktree=cwd,
-            prompt_file=files["prompt.md"],
-            result_file=files["result.json"],
-            run_id=ctx.run_id,
-            attempt=ctx.attempt,
-        )
-        env["SPECEXEC_INPUTS_FILE"] = str(files["inputs.json"])
-
-        def run(command: str | tuple[str, ...], stdin: Path | None) -> ProcessOutcome:
-            return run_process(
-                command,
-                cwd=cwd,
-                env=env,
-                stdin_path=stdin,
-                log_path=files["log"],
-                timeout_s=ctx.timeout_minutes * 60,
-                grace_s=ctx.grace_s,
-                cancel=ctx.cancel,
-                registry_dir=ctx.registry_dir,
-            )
-
-        proc = run(inv.command, files["prompt.md"] if inv.stdin_prompt else None)
+                wt = ctx.workspace.create_worktree(ctx.spec.name, ctx.task.id, sparse=sparse)
+        prep = _prepare(ctx, wt)
+        proc = _run(ctx, prep, prep.invocation.command, prep.invocation.stdin_prompt)
         out = replace(out, worker_seconds=proc.duration_s)
         if proc.cancelled:
             return _cancelled(ctx, wt, out)
-        if proc.start_error is not None:
-            return _finish(
-                ctx,
-                wt,
-                replace(
-                    out, blocker=f"worker could not start: {proc.start_error}", retryable=False
-                ),
-            )
-        if proc.timed_out:
-            return _finish(
-                ctx,
-                wt,
-                replace(
-                    out, blocker=f"timed out after {ctx.timeout_minutes:g} min", timed_out=True
-                ),
-            )
-
-        result = parse_result(
-            files["result.json"], files["log"], proc.returncode, preset=inv.preset
-        )
-        out = replace(out, result=result)
-        if wt is not None and ctx.workspace is not None:
-            changed = tuple(ctx.workspace.changed_files(wt))
-            out = replace(
-                out,
-                files_changed=changed,
-                scope_violations=tuple(paths.scope_violations(changed, task.relevant_files)),
-            )
-        if result.status != "pass":
-            blocked = result.status == "blocked"
-            return _finish(
-                ctx,
-                wt,
-                replace(
-                    out,
-                    status="blocked" if blocked else "fail",
-                    retryable=not blocked,
-                    blocker=result.blocker or f"worker reported {result.status}",
-                ),
-            )
-        if out.scope_violations and ctx.strict_scope:
-            return _finish(
-                ctx,
-                wt,
-                replace(
-                    out,
-                    retryable=False,
-                    blocker="changed files outside relevant_files "
-                    "(--strict-scope): " + ", ".join(out.scope_violations[:10]),
-                ),
-            )
-        if task.verify:
-            vproc = run(task.verify, None)
+        problem = _process_problem(ctx, proc)
+        if problem is not None:
+            return _finish(ctx, wt, replace(out, **problem))
+        out = _judge(ctx, wt, prep, proc, out)
+        if out.status != "pass":
+            return _finish(ctx, wt, out)
+        if ctx.task.verify:
+            vproc = _run(ctx, prep, ctx.task.verify, False)
             out = replace(out, worker_seconds=out.worker_seconds + vproc.duration_s)
             if vproc.cancelled:
                 return _cancelled(ctx, wt, out)
             if vproc.returncode != 0:
                 why = "timed out" if vproc.timed_out else f"exit code {vproc.returncode}"
-                return _finish(
-                    ctx, wt, replace(out, blocker=f"verify failed ({why}): {task.verify}")
-                )
-
-        if wt is not None and ctx.workspace is not None:
-            message = f"{task.id}: {task.summary}\n\nspecexec run {ctx.run_id}, spec {spec.name}"
-            task_commit = ctx.workspace.commit_all(wt, message)
-            if task_commit is not None:
-                merged = ctx.workspace.merge(
-                    spec.name, task_commit, f"Merge task {task.id} ({spec.name})"
-                )
-                if not merged.merged:
-                    return _finish(
-                        ctx,
-                        wt,
-                        replace(
-                            out,
-                            retryable=False,
-                            branch=wt.branch,
-                            blocker="merge conflict in "
-                            + ", ".join(merged.conflicts)
-                            + f" (branch {wt.branch} kept)",
-                        ),
-                    )
-                out = replace(out, commit=merged.commit, branch_to_delete=wt.branch)
-        return _finish(ctx, wt, replace(out, status="pass", blocker=None))
+                blocker = f"verify failed ({why}): {ctx.task.verify}"
+                return _finish(ctx, wt, replace(out, status="fail", blocker=blocker))
+        return _finish(ctx, wt, _land(ctx, wt, out))
     except SpecexecError as e:
         # A problem of this task (bad placeholder, template error, git failure in its
         # worktree): the task fails with the reason; the run goes on.
         return _finish(ctx, wt, replace(out, status="fail", blocker=str(e), retryable=False))
+
+
+def _prepare(ctx: AttemptContext, wt: Worktree | None) -> _Prepared:
+    """Write the prompt and inputs, build the command and the environment."""
+    task, spec = ctx.task, ctx.spec
+    cwd = wt.path if wt is not None else ctx.cwd
+    files = {
+        k: ctx.run_dir / f"{task.id}.{k}"
+        for k in ("prompt.md", "result.json", "inputs.json", "log")
+    }
+    files["result.json"].unlink(missing_ok=True)
+    # Inside the worktree: every agent sandbox allows writes there and refuses them
+    # elsewhere. It is read, kept in the run folder and removed before the snapshot.
+    result_file = cwd / RESULT_FILE if wt is not None else files["result.json"]
+    if wt is not None:
+        _unlink_file(result_file)
+    _write_private(
+        # Compact: with an indent, json runs its pure-Python encoder.
+        files["inputs.json"],
+        json.dumps(_inputs_doc(ctx), ensure_ascii=False) + "\n",
+    )
+    placeholders = {
+        "prompt_file": str(files["prompt.md"]),
+        "task_id": task.id,
+        "worktree": str(cwd),
+        "spec_dir": str(spec.dir),
+    }
+    inv = build_invocation(ctx.worker, task, placeholders)
+    prompt = render_prompt(
+        spec,
+        task,
+        parallel=ctx.parallel,
+        inputs=ctx.inputs,
+        merged=ctx.merged,
+        result_file=RESULT_FILE if wt is not None else str(result_file),
+        answer_block=inv.agent.answer_block if inv.agent is not None else True,
+    )
+    _write_private(files["prompt.md"], prompt)
+    env = worker_env(
+        ctx.base_env,
+        task_id=task.id,
+        spec_dir=spec.dir,
+        worktree=cwd,
+        prompt_file=files["prompt.md"],
+        result_file=result_file,
+        run_id=ctx.run_id,
+        attempt=ctx.attempt,
+    )
+    if inv.agent is not None and inv.agent.env:
+        env.update({k: v for k, v in inv.agent.env.items() if k not in env})
+    env["SPECEXEC_INPUTS_FILE"] = str(files["inputs.json"])
+    return _Prepared(cwd, files, result_file, inv, env)
+
+
+def _run(
+    ctx: AttemptContext, prep: _Prepared, command: str | tuple[str, ...], stdin_prompt: bool
+) -> ProcessOutcome:
+    return run_process(
+        command,
+        cwd=prep.cwd,
+        env=prep.env,
+        stdin_path=prep.files["prompt.md"] if stdin_prompt else None,
+        log_path=prep.files["log"],
+        timeout_s=ctx.timeout_minutes * 60,
+        grace_s=ctx.grace_s,
+        cancel=ctx.cancel,
+        registry_dir=ctx.registry_dir,
+    )
+
+
+def _process_problem(ctx: AttemptContext, proc: ProcessOutcome) -> dict[str, Any] | None:
+    """Why the worker's process itself failed (it never started, or timed out), if so."""
+    if proc.start_error is not None:
+        return {"blocker": f"worker could not start: {proc.start_error}", "retryable": False}
+    if proc.timed_out:
+        return {"blocker": f"timed out after {ctx.timeout_minutes:g} min", "timed_out": True}
+    return None
+
+
+def _judge(
+    ctx: AttemptContext,
+    wt: Worktree | None,
+    prep: _Prepared,
+    proc: ProcessOutcome,
+    out: AttemptOutcome,
+) -> AttemptOutcome:
+    """The attempt's outcome from the facts: the worker's result, then what it changed
+    (specexec's own diff of the worktree, after removing what is never the change)."""
+    task, agent = ctx.task, prep.invocation.agent
+    result = parse_result(
+        prep.result_file, prep.files["log"], proc.returncode, preset=prep.invocation.preset
+    )
+    out = replace(out, result=result)
+    if wt is not None and ctx.workspace is not None:
+        _keep_result_file(prep.result_file, prep.files["result.json"])
+        ctx.workspace.remove_untracked(wt, _not_the_change(agent))
+        changed = tuple(ctx.workspace.changed_files(wt))
+        out = replace(
+            out,
+            files_changed=changed,
+            scope_violations=tuple(paths.scope_violations(changed, task.relevant_files)),
+        )
+    if result.status != "pass":
+        blocked = result.status == "blocked"
+        return replace(
+            out,
+            status="blocked" if blocked else "fail",
+            retryable=not blocked,
+            blocker=result.blocker or f"worker reported {result.status}",
+        )
+    if wt is not None and not out.files_changed and _expects_changes(task, agent):
+        why = "the worker reported pass but changed no file"
+        if result.denials:
+            why += "; the agent was denied: " + ", ".join(result.denials[:5])
+        return replace(out, status="fail", blocker=why)
+    if out.scope_violations and ctx.strict_scope:
+        shown = ", ".join(out.scope_violations[:10])
+        blocker = f"changed files outside relevant_files (--strict-scope): {shown}"
+        return replace(out, status="fail", retryable=False, blocker=blocker)
+    return replace(out, status="pass")
+
+
+def _land(ctx: AttemptContext, wt: Worktree | None, out: AttemptOutcome) -> AttemptOutcome:
+    """Commit the worktree to the task branch and merge it into the integration branch."""
+    task, spec = ctx.task, ctx.spec
+    if wt is None or ctx.workspace is None:
+        return replace(out, status="pass", blocker=None)
+    message = f"{task.id}: {task.summary}\n\nspecexec run {ctx.run_id}, spec {spec.name}"
+    task_commit = ctx.workspace.commit_all(wt, message)
+    if task_commit is None:
+        return replace(out, status="pass", blocker=None)
+    merged = ctx.workspace.merge(spec.name, task_commit, f"Merge task {task.id} ({spec.name})")
+    if not merged.merged:
+        conflicts = ", ".join(merged.conflicts)
+        return replace(
+            out,
+            status="fail",
+            retryable=False,
+            branch=wt.branch,
+            blocker=f"merge conflict in {conflicts} (branch {wt.branch} kept)",
+        )
+    return replace(
+        out, status="pass", blocker=None, commit=merged.commit, branch_to_delete=wt.branch
+    )
+
+
+RESULT_FILE = ".specexec-result.json"
+
+
+def _not_the_change(agent: Agent | None) -> tuple[str, ...]:
+    """What is removed from a worktree before its snapshot: the result file and the files
+    the agent writes for itself (of every agent, when a custom command hides which)."""
+    leaves = (
+        agent.leaves if agent is not None else tuple(p for a in AGENTS.values() for p in a.leaves)
+    )
+    return (f":(literal){RESULT_FILE}", *leaves)
+
+
+def _expects_changes(task: Task, agent: Agent | None) -> bool:
+    if task.expect_changes is not None:
+        return task.expect_changes
+    return agent.expect_changes if agent is not None else False
+
+
+def _unlink_file(path: Path) -> None:
+    # A worker may have left a directory (or anything) under the name: never follow it.
+    with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+        path.unlink()
+
+
+def _keep_result_file(worktree_file: Path, run_file: Path) -> None:
+    """Copy the result file the worker wrote into the run folder, for the record (a
+    regular file only, read without following links, at most what the parser reads)."""
+    try:
+        fd = os.open(worktree_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return
+    with os.fdopen(fd, "rb") as f:
+        if stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            data = f.read(RESULT_FILE_MAX_BYTES)
+            _write_private(run_file, data.decode("utf-8", "replace"))
 
 
 def _finish(ctx: AttemptContext, wt: Worktree | None, out: AttemptOutcome) -> AttemptOutcome:

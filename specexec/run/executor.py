@@ -3,7 +3,6 @@ worker threads run one task each and report back through a queue."""
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import queue
 import secrets
@@ -17,6 +16,7 @@ from typing import Any, Literal
 
 from specexec.errors import InvalidInput
 from specexec.git.pool import open_pools
+from specexec.git.repo import find_repo_root
 from specexec.git.workspace import Workspace
 from specexec.plan import planner, schedule
 from specexec.run import attempt as taskrun
@@ -25,8 +25,8 @@ from specexec.run.processes import worker_env
 from specexec.run.progress import Reporter
 from specexec.run.prompt import MergedInput, ParallelContext
 from specexec.run.report import TaskRecord, run_metrics
+from specexec.system import utc_iso, utc_stamp
 from specexec.tasksfile.events import EventLog
-from specexec.tasksfile.schema import find_repo_root
 from specexec.tasksfile.store import DELETE, CoalescingWriter, TasksStore
 from specexec.tasksfile.types import Spec, Task, WorkerConfig
 
@@ -61,11 +61,7 @@ class RunOptions:
 
 
 def new_run_id() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
-
-
-def utc_iso(t: float | None = None) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+    return utc_stamp() + "-" + secrets.token_hex(2)
 
 
 @dataclass
@@ -444,27 +440,44 @@ class Executor:
 
     def _on_done(self, msg: _Done) -> None:
         key, out = msg.key, msg.outcome
+        if out.status == "cancelled":
+            self._release_cancelled(msg)
+            return
+        self._record_finished(msg)
+        passed = out.status == "pass"
+        blocked = self.schedule.finish(
+            key, passed, "blocked" if out.status == "blocked" else "fail"
+        )
+        for bkey, reason in blocked:
+            self._block(bkey, reason)
+        if passed:
+            self.failures_since_pass = 0
+        else:
+            self._after_failure(key)
+
+    def _release_cancelled(self, msg: _Done) -> None:
+        """An interrupted task goes back to pending, its attempt not counted."""
+        key = msg.key
+        task = self.runs[key[0]].spec.task(key[1])
+        self.schedule.release(key)
+        self._set(
+            key,
+            "in_progress",
+            "pending",
+            msg.attempts,
+            started_at=DELETE,
+            attempts=max(msg.attempts - 1, task.attempts),
+        )
+        self.records[key] = TaskRecord(
+            spec=key[0], task=key[1], status="pending", summary=task.summary, blocker="interrupted"
+        )
+        self.reporter.event("task_released", spec=key[0], task=key[1])
+
+    def _record_finished(self, msg: _Done) -> None:
+        """A finished attempt's outcome: in tasks.json, in the run's records, on screen."""
+        key, out = msg.key, msg.outcome
         r = self.runs[key[0]]
         task = r.spec.task(key[1])
-        if out.status == "cancelled":
-            self.schedule.release(key)
-            self._set(
-                key,
-                "in_progress",
-                "pending",
-                msg.attempts,
-                started_at=DELETE,
-                attempts=max(msg.attempts - 1, task.attempts),
-            )
-            self.records[key] = TaskRecord(
-                spec=key[0],
-                task=key[1],
-                status="pending",
-                summary=task.summary,
-                blocker="interrupted",
-            )
-            self.reporter.event("task_released", spec=key[0], task=key[1])
-            return
         res = out.result
         result_doc = res.to_json() if res is not None else None
         if result_doc is not None:
@@ -521,14 +534,8 @@ class Executor:
             scope_violations=list(out.scope_violations),
             commit=out.commit,
         )
-        blocked = self.schedule.finish(
-            key, passed, "blocked" if out.status == "blocked" else "fail"
-        )
-        for bkey, reason in blocked:
-            self._block(bkey, reason)
-        if passed:
-            self.failures_since_pass = 0
-            return
+
+    def _after_failure(self, key: tuple[str, str]) -> None:
         self.failures_since_pass += 1
         if self.opts.fail_fast and not self.stopping:
             self.stopping = True

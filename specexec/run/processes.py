@@ -43,6 +43,7 @@ from typing import Any
 
 import psutil
 
+from specexec import system
 from specexec.errors import SpecexecError
 from specexec.git.env import clean_env
 from specexec.tasksfile.store import private_dir
@@ -76,8 +77,6 @@ _GROUP_POLL_S = 0.02
 _KILL_WAIT_S = 5.0
 # How much of the command the attempt header shows.
 _HEADER_COMMAND_MAX = 500
-# Start times read from /proc are rounded to clock ticks; allow for that.
-_START_TIME_SLACK_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,48 +173,9 @@ def _stop_group(proc: subprocess.Popen[bytes] | None, pgid: int, grace_s: float)
 # --------------------------------------------------------------------------- registry
 
 
-@functools.cache
-def _self_identity() -> tuple[int, float]:
-    return os.getpid(), psutil.Process().create_time()
-
-
-@functools.cache
-def _boot_time() -> float:
-    return float(psutil.boot_time())
-
-
-def _start_time(pid: int) -> float | None:
-    """When ``pid`` started, as psutil's create_time() gives it (None: it is gone).
-
-    Read straight from /proc on Linux: psutil builds a Process and parses the whole
-    file, which costs more than starting a small worker."""
-    if sys.platform.startswith("linux"):
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            return None
-        # Field 22 (starttime, clock ticks since boot), counted from the end of the
-        # command name, which may itself hold spaces and parentheses.
-        fields = data[data.rfind(b")") + 2 :].split()
-        if len(fields) > 19:
-            return _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    try:
-        return float(psutil.Process(pid).create_time())
-    except psutil.Error:
-        return None
-
-
 def _same_process(pid: int, create_time: float) -> bool:
     """True when ``pid`` is alive (not a zombie) and started at ``create_time``."""
-    try:
-        p = psutil.Process(pid)
-        return bool(
-            abs(p.create_time() - create_time) <= _START_TIME_SLACK_S
-            and p.status() != psutil.STATUS_ZOMBIE
-        )
-    except psutil.Error:
-        return False
+    return system.ProcessId(pid, create_time, system.ProcessId.current().host).alive() is True
 
 
 _checked_registries: set[Path] = set()
@@ -223,16 +183,16 @@ _checked_registries: set[Path] = set()
 
 def _register(registry_dir: Path, pid: int, command: str) -> Path | None:
     """Record a live worker group; best effort (a failure must not fail the task)."""
-    create_time = _start_time(pid)
+    create_time = system.start_time(pid)
     if create_time is None:
         return None  # already gone: nothing to sweep later
-    runner_pid, runner_time = _self_identity()
+    runner = system.ProcessId.current()
     record = {
         "pgid": pid,
         "pid": pid,
         "create_time": create_time,
-        "runner_pid": runner_pid,
-        "runner_create_time": runner_time,
+        "runner_pid": runner.pid,
+        "runner_create_time": runner.start_time,
         "command": command,
     }
     path = registry_dir / f"{pid}.json"
@@ -241,13 +201,8 @@ def _register(registry_dir: Path, pid: int, command: str) -> Path | None:
             registry_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             private_dir(registry_dir)  # never write records through a planted link
             _checked_registries.add(registry_dir)
-        # One write, no rename: a record torn by a crash does not parse, is dropped by
-        # the sweep, and its group is found by sweep_spec_orphans instead.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, json.dumps(record).encode())
-        finally:
-            os.close(fd)
+        # Not durable: after a power loss no worker is left to sweep.
+        system.atomic_write(path, json.dumps(record), mode=0o600, durable=False)
     except (OSError, SpecexecError):
         _checked_registries.discard(registry_dir)  # removed meanwhile: check it again
         return None
@@ -430,22 +385,17 @@ def _is_recorded_group(pgid: int, leader_time: float) -> bool:
     members = live_group_members(pgid)
     if not members:
         return False
-    try:
-        leader = psutil.Process(pgid)
+    slack = system.START_TIME_SLACK_S
+    leader = system.start_time(pgid, zombie=True)
+    if leader is not None:
         # The leader (possibly an unreaped zombie) still exists: it must be the same one.
-        return bool(abs(leader.create_time() - leader_time) <= _START_TIME_SLACK_S)
-    except psutil.NoSuchProcess:
-        pass
-    except psutil.Error:
-        return False
+        return abs(leader - leader_time) <= slack
     # Leader reaped; while any member lives the pgid cannot have been reused, but check
     # that every member is younger than the recorded leader anyway.
     for pid in members:
-        try:
-            if psutil.Process(pid).create_time() + _START_TIME_SLACK_S < leader_time:
-                return False
-        except psutil.Error:
-            continue
+        started = system.start_time(pid)
+        if started is not None and started + slack < leader_time:
+            return False
     return True
 
 
@@ -465,7 +415,8 @@ def _shell() -> str:
 def _open_log(log_path: Path) -> int:
     if not log_path.parent.is_dir():
         log_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    # Readable too: the footer checks whether the worker's output ended its last line.
+    fd = os.open(log_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     # A log that existed with wider permissions (or a umask-less create) is narrowed.
     with contextlib.suppress(OSError):
         os.fchmod(fd, 0o600)
@@ -479,9 +430,17 @@ def _write(fd: int, text: str) -> None:
         data = data[n:]
 
 
+def _footer(fd: int, text: str) -> None:
+    """specexec's end line, always on a line of its own: output that did not end with a
+    newline (a result JSON printed with printf) must not run into it."""
+    size = os.fstat(fd).st_size
+    lead = "\n" if size and os.pread(fd, 1, size - 1) != b"\n" else ""
+    _write(fd, f"{lead}{ATTEMPT_FOOTER} {text} ===\n")
+
+
 def _header(fd: int, command: Sequence[str] | str, cwd: Path, env: Mapping[str, str]) -> None:
     start = "\n" if os.fstat(fd).st_size > 0 else ""
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    now = system.utc_iso()
     attempt = env.get("SPECEXEC_ATTEMPT", "?")
     # One line, always: results.py takes everything after the header line as output.
     shown = _describe(command).replace("\r", "\\r").replace("\n", "\\n")
@@ -549,7 +508,7 @@ def run_process(
                 message = f"cannot read the prompt file {stdin_path}: {exc.strerror or exc}"
             else:
                 message = _start_error(exc, argv[0], cwd)
-            _write(log_fd, f"{ATTEMPT_FOOTER} {message} ===\n")
+            _footer(log_fd, message)
             return ProcessOutcome(None, False, False, time.monotonic() - began, 0, message)
         pgid = proc.pid  # start_new_session: the leader's pid is the group id
         deadline = None if timeout_s is None else began + max(0.0, timeout_s)
@@ -586,7 +545,7 @@ def run_process(
         duration = time.monotonic() - began
         rc = proc.returncode
         why = "timed out" if timed_out else "cancelled" if cancelled else f"exit {rc}"
-        _write(log_fd, f"{ATTEMPT_FOOTER} {why} after {duration:.2f}s ===\n")
+        _footer(log_fd, f"{why} after {duration:.2f}s")
         return ProcessOutcome(rc, timed_out, cancelled, duration, proc.pid, None)
     finally:
         if stdin is not subprocess.DEVNULL:

@@ -3,24 +3,15 @@ change in a pipe, or one JSON object per line with ``--json``."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import re
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import IO, Any, Protocol
 
-from specexec import fmt
-
-# Control characters, and the bidi controls that make text display in another order.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
-def clean(text: object) -> str:
-    """One printable line: worker-provided text may carry newlines or escape codes."""
-    return _CONTROL.sub(" ", str(text)).strip()
+from specexec import fmt, system
+from specexec.fmt import clean  # worker-provided text may carry newlines or escape codes
 
 
 class Reporter(Protocol):
@@ -30,7 +21,7 @@ class Reporter(Protocol):
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return system.utc_iso(ms=True)
 
 
 class JsonReporter:
@@ -69,7 +60,10 @@ def describe(kind: str, f: dict[str, Any]) -> str | None:
         if f.get("blocker"):
             line += f": {clean(f['blocker'])}"
         if f.get("scope_violations"):
-            line += f" (outside relevant_files: {', '.join(f['scope_violations'][:5])})"
+            outside = ", ".join(clean(p, 100) for p in f["scope_violations"][:5])
+            more = len(f["scope_violations"]) - 5
+            outside += f" and {more} more" if more > 0 else ""
+            line += f" (outside relevant_files: {outside})"
         return line
     if kind == "task_blocked":
         return f"blocked {who}: {clean(f.get('blocker', ''))}"

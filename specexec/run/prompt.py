@@ -18,6 +18,9 @@ Variables a template sees (plain JSON-like data):
 - ``inputs``: the blockers' results ``[{"task_id", "status", "summary", "notes", "data"}]``
 - ``merged``: ``{"strategy", "sources", "data"}`` (MergedInput.items as ``data``) or None
 - ``result_env``: the name of the result-file variable (SPECEXEC_RESULT_FILE)
+- ``answer_block``: whether to also ask for the result as a fenced block in the answer
+- ``result_file``: where to write the result (in a worktree: ``.specexec-result.json`` in
+  the working directory, where every agent sandbox allows writes)
 - filter ``json``: pretty JSON (jinja's ``tojson`` escapes ``<>&`` for HTML)
 """
 
@@ -263,8 +266,11 @@ def render_prompt(
     parallel: ParallelContext,
     inputs: Sequence[BlockerResult],
     merged: MergedInput | None = None,
+    result_file: str = "$" + RESULT_ENV,
+    answer_block: bool = True,
 ) -> str:
-    """The worker prompt for ``task``. Raises InvalidInput (UnsafePath) for a bad template."""
+    """The worker prompt for ``task``. Raises InvalidInput (UnsafePath) for a bad template.
+    ``result_file`` is the path the prompt tells the worker to write its result to."""
     source, filename = _load(spec.dir)
     variables = {
         "task": _task_vars(spec, task),
@@ -294,6 +300,8 @@ def render_prompt(
             "data": _plain(list(merged.items)),
         },
         "result_env": RESULT_ENV,
+        "result_file": result_file,
+        "answer_block": answer_block,
     }
     try:
         text = _compile(source, filename).render(variables)

@@ -16,6 +16,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Final
 
+from specexec import system
 from specexec.errors import SpecexecError
 from specexec.tasksfile.store import open_error, runtime_dir
 from specexec.tasksfile.types import RUNTIME_DIR
@@ -23,13 +24,6 @@ from specexec.tasksfile.types import RUNTIME_DIR
 log = logging.getLogger(__name__)
 
 EVENTS_FILE: Final = "events.jsonl"
-
-
-def utc_now() -> str:
-    """ISO 8601 UTC with milliseconds, e.g. ``2025-01-31T12:00:00.123Z``."""
-    now = time.time()
-    ms = min(int(now % 1 * 1000), 999)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{ms:03d}Z"
 
 
 def events_path(spec_dir: str | os.PathLike[str]) -> Path:
@@ -54,7 +48,7 @@ class EventLog:
         """Record one event; returns it. Free fields follow the standard ones
         (``time``, ``kind``, ``run_id``, ``pid``); pass ``**{"from": ...}`` for keywords."""
         record: dict[str, Any] = {
-            "time": utc_now(),
+            "time": system.utc_iso(ms=True),
             "kind": kind,
             "run_id": self.run_id,
             "pid": os.getpid(),

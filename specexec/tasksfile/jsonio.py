@@ -19,6 +19,7 @@ from json.encoder import encode_basestring as _encode_str
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
+from specexec import fmt
 from specexec.errors import InvalidInput, UnsafePath
 
 MAX_DEPTH: Final = 64
@@ -281,11 +282,8 @@ def _raise_too_deep(text: str, source: str) -> NoReturn:
 
 
 def _size(n: int) -> str:
-    if n >= 1024 * 1024:
-        return f"{n / (1024 * 1024):.1f} MiB".replace(".0 MiB", " MiB")
-    if n >= 1024:
-        return f"{n / 1024:.1f} KiB".replace(".0 KiB", " KiB")
-    return f"{n} bytes"
+    # Precise: an 8.4 MB file must not read "8 MiB, larger than the 8 MiB limit".
+    return fmt.size(n)
 
 
 def read_bytes(path: Path, *, max_bytes: int = MAX_BYTES) -> tuple[bytes, os.stat_result]:

@@ -1,64 +1,39 @@
-"""One run at a time per spec folder, and recovery from a run that died.
+"""One run at a time per spec folder.
 
-The run lock is an ``flock`` on ``<spec>/.specexec/run.lock``: the kernel guarantees two
-live processes never hold it, and releases it when its holder dies however it dies. The
-holder writes who it is (pid, host, process start time, since when) into the file for
-the ``Busy`` message and ``status``; a clean release empties the file, so owner details
-still present when the lock is taken mean the previous holder died (``taken_over``).
-A pid alone is not trusted: with its start time, a reused pid is told apart.
+The run lock is ``system.file_lock`` (an ``flock``) on ``<spec>/.specexec/run.lock``: the
+kernel guarantees two live processes never hold it, and releases it when its holder dies
+however it dies (filelock closes the descriptor in forked children, so a child that
+outlives the holder does not keep it). The holder writes who it is (``ProcessId``: pid,
+host, start time; since when; run id) into the file for the ``Busy`` message and
+``status``; a clean release empties the file, so owner details still present when the
+lock is taken mean the previous holder died (``taken_over``). A pid alone is not
+trusted: with its start time, a reused pid is told apart.
+
+What to do about a run that died is ``specexec.run.recovery``'s decision.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import os
 import socket
 import time
-import weakref
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
-import psutil
+import filelock
 
+from specexec import system
 from specexec.errors import Busy, SpecexecError
-from specexec.tasksfile.events import EventLog, utc_now
-from specexec.tasksfile.store import (
-    DELETE,
-    TasksStore,
-    open_error,
-    runtime_dir,
-    set_fields,
-    task_objects,
-)
+from specexec.tasksfile.store import open_error, runtime_dir
 from specexec.tasksfile.types import RUNTIME_DIR
 
 log = logging.getLogger(__name__)
 
 RUN_LOCK_FILE: Final = "run.lock"
 _INFO_MAX: Final = 64 * 1024
-
-_HELD: weakref.WeakSet[RunLock] = weakref.WeakSet()
-
-
-def _close_in_child() -> None:
-    # A forked child shares the holder's open file description, which would keep the
-    # flock alive after the holder dies. Drop it in the child (without unlocking).
-    for lock in list(_HELD):
-        lock._forget()
-
-
-os.register_at_fork(after_in_child=_close_in_child)
-
-
-def _process_start(pid: int) -> float | None:
-    try:
-        return float(psutil.Process(pid).create_time())
-    except (psutil.Error, OSError):
-        return None
 
 
 def _read_info(path: Path) -> dict[str, Any] | None:
@@ -85,19 +60,13 @@ def _parse_info(data: bytes) -> dict[str, Any] | None:
 def is_alive(info: dict[str, Any]) -> bool | None:
     """Whether the process an info record names still runs: None if it is on another
     host (unknowable here), False if the pid is gone or now belongs to a newer process."""
-    if info.get("host") != socket.gethostname():
+    host = info.get("host")
+    if host != socket.gethostname():
         return None
-    try:
-        proc = psutil.Process(int(info["pid"]))
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        started = float(proc.create_time())
-    except psutil.NoSuchProcess:
-        return False
-    except (psutil.Error, OSError, KeyError, TypeError, ValueError):
-        return None
-    recorded = info.get("start_time")
-    return not isinstance(recorded, int | float) or abs(started - recorded) < 1.0
+    pid, recorded = int(info["pid"]), info.get("start_time")
+    if not isinstance(recorded, int | float):  # no start time recorded: the pid alone
+        return system.start_time(pid) is not None
+    return system.ProcessId(pid, float(recorded), host).alive()
 
 
 def describe(spec_dir: Path, info: dict[str, Any] | None) -> str:
@@ -130,16 +99,17 @@ class RunLock:
         self.poll_interval = poll_interval
         # The owner details a dead holder left behind, if we took its lock over.
         self.taken_over: dict[str, Any] | None = None
-        self._fd: int | None = None
+        self._lock: filelock.FileLock | None = None
+        self._info_fd: int | None = None
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._lock is not None
 
     def acquire(self, wait: bool | None = None, timeout: float | None = None) -> None:
         wait = self.wait if wait is None else wait
         timeout = self.timeout if timeout is None else timeout
-        if self._fd is not None:
+        if self._lock is not None:
             raise RuntimeError(f"{self.path}: already held by this RunLock")
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._try():
@@ -154,35 +124,21 @@ class RunLock:
             time.sleep(max(left, 0.0))
 
     def _try(self) -> bool:
+        """One attempt, without waiting: True when this RunLock holds the lock now."""
         runtime_dir(self.spec_dir)
+        lock = system.file_lock(self.path)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            lock.acquire(timeout=0)
+        except system.LockTimeout:
+            return False
         except OSError as e:
             raise open_error(self.path, "open", e) from None
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return False
-            previous = _parse_info(os.pread(fd, _INFO_MAX, 0))
-            me = os.getpid()
-            info = {
-                "pid": me,
-                "host": socket.gethostname(),
-                "start_time": _process_start(me),
-                "since": utc_now(),
-                "run_id": self.run_id,
-            }
-            data = json.dumps(info).encode()
-            # Write, then cut: a concurrent reader sees old or new details, never none.
-            os.pwrite(fd, data, 0)
-            os.ftruncate(fd, len(data))
+            previous = self._write_info()
         except OSError as e:
-            os.close(fd)
+            lock.release()
             raise SpecexecError(f"{self.path}: cannot lock: {e.strerror or e}") from None
-        self._fd = fd
-        _HELD.add(self)
+        self._lock = lock
         if previous is not None:
             self.taken_over = previous
             log.warning(
@@ -194,6 +150,31 @@ class RunLock:
                 previous.get("since"),
             )
         return True
+
+    def _write_info(self) -> dict[str, Any] | None:
+        """Record this holder in the lock file; the details a dead holder left there."""
+        me = system.ProcessId.current()
+        info = {
+            "pid": me.pid,
+            "host": me.host,
+            "start_time": me.start_time,
+            "since": system.utc_iso(ms=True),
+            "run_id": self.run_id,
+        }
+        # A descriptor of our own, kept until the release (the folder may be renamed
+        # meanwhile); the flock belongs to filelock's open file description, not to it.
+        fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            previous = _parse_info(os.pread(fd, _INFO_MAX, 0))
+            data = json.dumps(info).encode()
+            # Write, then cut: a concurrent reader sees old or new details, never none.
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        except BaseException:
+            os.close(fd)
+            raise
+        self._info_fd = fd
+        return previous
 
     def _busy_message(self) -> str:
         # The winner of the flock writes its details a moment after winning; the file may
@@ -211,21 +192,17 @@ class RunLock:
         return describe(self.spec_dir, info)
 
     def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is None:
+        lock, self._lock = self._lock, None
+        fd, self._info_fd = self._info_fd, None
+        if lock is None:
             return
-        _HELD.discard(self)
         try:
-            os.ftruncate(fd, 0)  # empty = released cleanly
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            if fd is not None:
+                os.ftruncate(fd, 0)  # empty = released cleanly
         finally:
-            os.close(fd)
-
-    def _forget(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            with contextlib.suppress(OSError):
+            if fd is not None:
                 os.close(fd)
+            lock.release()
 
     def __enter__(self) -> RunLock:
         self.acquire()
@@ -253,33 +230,3 @@ class RunLock:
         if info is None or is_alive(info) is False:
             return None
         return info
-
-
-def recover_in_progress(
-    store: TasksStore,
-    events: EventLog,
-    *,
-    reason: str = "the run that started it is gone",
-) -> list[str]:
-    """Put tasks left ``in_progress`` back to ``pending``, recording a ``recovered`` event
-    for each (before the file is written). Call it while holding the ``RunLock``: then
-    no live run owns those tasks. Returns the recovered ids."""
-    recovered: list[str] = []
-
-    def change(doc: dict[str, Any]) -> bool:
-        recovered.clear()
-        for t in task_objects(doc, store.path):
-            if t.get("status") == "in_progress":
-                events.append(
-                    "recovered",
-                    task=t["id"],
-                    **{"from": "in_progress", "to": "pending"},
-                    attempt=t.get("attempts"),
-                    reason=reason,
-                )
-                set_fields(t, {"status": "pending", "started_at": DELETE})
-                recovered.append(t["id"])
-        return bool(recovered)
-
-    store.edit(change)
-    return list(recovered)

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from specexec.errors import InvalidInput, UnsafePath
+from specexec.git.repo import find_repo_root
 from specexec.plan import patterns as paths
 from specexec.plan import planner
 from specexec.tasksfile import jsonio
@@ -95,6 +96,7 @@ class TaskModel(_Open):
     attempts: Annotated[int, Field(ge=0)] = 0
     isolation: Literal["worktree", "none"] = "worktree"
     checkout: Literal["full", "sparse"] = "full"
+    expect_changes: bool | None = None
     sparse_paths: list[str] = Field(default_factory=list)
     merge: MergeModel | None = None
     blocker: str | None = None
@@ -149,14 +151,6 @@ def id_problem(value: str) -> str | None:
         return "must not contain '..'"
     if value.endswith(".lock") or value.endswith("."):
         return "must not end with '.lock' or '.'"
-    return None
-
-
-def find_repo_root(start: Path) -> Path | None:
-    """The nearest enclosing directory holding ``.git`` (a worktree has a .git file)."""
-    for d in (start, *start.parents):
-        if (d / ".git").exists():
-            return d
     return None
 
 
@@ -266,6 +260,7 @@ class _InRepo:
         self.root = root
         self.real_root = os.path.realpath(root)
         self._dirs: dict[str, str] = {".": self.real_root}
+        self._isdir: dict[str, bool] = {".": True}
 
     def resolve(self, rel: str) -> str:
         """``os.path.realpath(root / rel)`` for a path without ``..``."""
@@ -274,12 +269,25 @@ class _InRepo:
         if hit is None:
             parent, _, name = rel.rpartition("/")
             full = os.path.join(self.resolve(parent or "."), name)
-            hit = self._dirs[rel] = os.path.realpath(full) if os.path.islink(full) else full
+            # Nothing is there (so no link) when the parent is not a directory.
+            link = self.isdir(parent or ".") and os.path.islink(full)
+            hit = self._dirs[rel] = os.path.realpath(full) if link else full
         return hit
 
     def escapes(self, rel: str) -> bool:
         target = self.resolve(rel)
         return target != self.real_root and not target.startswith(self.real_root + os.sep)
+
+    def isdir(self, rel: str) -> bool:
+        """``os.path.isdir(root / rel)``; a path whose parent is not a directory is not
+        one either, so a big spec stats each missing directory once, not each file."""
+        rel = os.path.normpath(rel)
+        hit = self._isdir.get(rel)
+        if hit is None:
+            parent = os.path.dirname(rel)
+            hit = (not parent or self.isdir(parent)) and os.path.isdir(os.path.join(self.root, rel))
+            self._isdir[rel] = hit
+        return hit
 
 
 def _check_path(
@@ -300,11 +308,7 @@ def _check_path(
     if prefix and repo.escapes(prefix):
         probs.error(label, field, f"{_repr(pattern)}: escapes the repository through a symlink")
         return None
-    if (
-        not pattern.endswith("/")
-        and not paths.is_glob(pattern)
-        and os.path.isdir(repo.root / pattern)
-    ):
+    if not pattern.endswith("/") and not paths.is_glob(pattern) and repo.isdir(pattern):
         return pattern + "/"
     return pattern
 
@@ -312,7 +316,10 @@ def _check_path(
 def validate_document(
     raw: Any, *, file: Path, repo_root: Path | None, context: Mapping[str, Any] | None = None
 ) -> tuple[Spec, list[str]]:
-    """Check a parsed tasks.json; return the Spec and warnings, or raise with every error."""
+    """Check a parsed tasks.json; return the Spec and warnings, or raise with every error.
+
+    The top level first, then each task on its own (so one bad task does not hide the
+    problems of the others), then what ties tasks together: ids, blockers, cycles."""
     probs = _Problems(file)
     spec_dir = file.parent
     if not isinstance(raw, dict):
@@ -320,9 +327,53 @@ def validate_document(
             f"{file}: the top level must be a JSON object",
             [f"{file}: the top level must be a JSON object (got {type(raw).__name__})"],
         )
+    top_model, raw_tasks = _check_top(probs, raw)
+    models = _task_models(probs, raw_tasks)
+    spec_name = spec_dir.name
+    if top_model is not None and top_model.spec is not None:
+        spec_name = top_model.spec
+    if (p := id_problem(spec_name)) is not None:
+        probs.error(None, "spec", f"{_repr(spec_name)} {p} (it names the branch specexec/<spec>)")
+    _check_ids(probs, models)
+    # A task that is invalid on its own (say, a bad status) still exists: naming it as a
+    # blocker is no second error.
+    _check_blockers(probs, models, {_raw_id(rt) for rt in raw_tasks} - {None})
 
-    # Top level (everything but tasks), then each task on its own so one bad task does
-    # not hide the problems of the others.
+    defaults = top_model.defaults if top_model else DefaultsModel()
+    if top_model is not None:
+        _check_unicode(probs, None, "base_ref", top_model.base_ref)
+        _check_unicode(probs, None, "defaults.verify", defaults.verify)
+        _check_worker_unicode(probs, None, top_model.worker)
+    in_repo = _InRepo(repo_root) if repo_root is not None else None
+    tasks = [_task(probs, label, m, rt, defaults, in_repo) for label, m, rt in models]
+    # Cycles, whatever else is wrong: among the first task of each id (a duplicate is
+    # reported above), along the known blockers (find_cycle ignores unknown ones).
+    first: dict[str, Task] = {}
+    for t in tasks:
+        first.setdefault(t.id, t)
+    cycle = planner.find_cycle(list(first.values()))
+    if cycle:
+        shown = " -> ".join(_plain(c) for c in cycle)
+        probs.error(_plain(cycle[0]), "parallelization.blocked_by", "cycle: " + shown)
+
+    if probs.errors:
+        n = len(probs.errors)
+        raise InvalidInput(f"{file}: {n} problem{'s' if n != 1 else ''}", probs.errors)
+    spec = Spec(
+        dir=spec_dir,
+        name=spec_name,
+        tasks=tuple(tasks),
+        base_ref=top_model.base_ref if top_model else None,
+        worker=worker_config(top_model.worker) if top_model else None,
+        verify=defaults.verify,
+        context=dict(context or {}),
+        raw=raw,
+    )
+    return spec, probs.warnings
+
+
+def _check_top(probs: _Problems, raw: dict[str, Any]) -> tuple[TasksFileModel | None, list[Any]]:
+    """The top level without its tasks (None if it is invalid), and the raw task list."""
     top = {k: v for k, v in raw.items() if k != "tasks"}
     top_model: TasksFileModel | None = None
     try:
@@ -333,11 +384,17 @@ def validate_document(
     raw_tasks = raw.get("tasks")
     if "tasks" not in raw:
         probs.error(None, "tasks", "is required (a list of task objects)")
-        raw_tasks = []
-    elif not isinstance(raw_tasks, list):
+        return top_model, []
+    if not isinstance(raw_tasks, list):
         probs.error(None, "tasks", f"must be a list (got {type(raw_tasks).__name__})")
-        raw_tasks = []
+        return top_model, []
+    return top_model, raw_tasks
 
+
+def _task_models(
+    probs: _Problems, raw_tasks: list[Any]
+) -> list[tuple[str, TaskModel, dict[str, Any]]]:
+    """(label, model, raw object) of each task that is valid on its own."""
     models: list[tuple[str, TaskModel, dict[str, Any]]] = []
     for i, rt in enumerate(raw_tasks):
         label = _task_label(rt, i)
@@ -349,35 +406,39 @@ def validate_document(
         except ValidationError as e:
             for err in e.errors():
                 probs.error(label, _loc(err["loc"]), _describe(err))
+    return models
 
-    spec_name = spec_dir.name
-    if top_model is not None and top_model.spec is not None:
-        spec_name = top_model.spec
-    if (p := id_problem(spec_name)) is not None:
-        probs.error(None, "spec", f"{_repr(spec_name)} {p} (it names the branch specexec/<spec>)")
 
-    # Ids: invalid, duplicate, colliding by case.
+def _check_ids(probs: _Problems, models: Sequence[tuple[str, TaskModel, Any]]) -> None:
+    """Ids: invalid, duplicate, colliding by case."""
     seen: dict[str, str] = {}
     for label, m, _ in models:
         if (p := id_problem(m.id)) is not None:
             probs.error(label, "id", f"{_repr(m.id)} {p}")
         folded = m.id.casefold()
-        if folded in seen:
-            other = seen[folded]
-            if other == m.id:
-                probs.error(label, "id", f'duplicate id "{_plain(m.id)}"')
-            else:
-                probs.error(
-                    label,
-                    "id",
-                    f'"{_plain(m.id)}" differs from "{_plain(other)}" only in letter case '
-                    "(they collide as branch names and paths)",
-                )
-        else:
+        if folded not in seen:
             seen[folded] = m.id
-    ids = {m.id for _, m, _ in models}
+        elif seen[folded] == m.id:
+            probs.error(label, "id", f'duplicate id "{_plain(m.id)}"')
+        else:
+            probs.error(
+                label,
+                "id",
+                f'"{_plain(m.id)}" differs from "{_plain(seen[folded])}" only in letter case '
+                "(they collide as branch names and paths)",
+            )
 
-    # Blockers: unknown, self.
+
+def _raw_id(raw_task: Any) -> str | None:
+    if isinstance(raw_task, dict) and isinstance(raw_task.get("id"), str):
+        return raw_task["id"]
+    return None
+
+
+def _check_blockers(
+    probs: _Problems, models: Sequence[tuple[str, TaskModel, Any]], ids: set[str]
+) -> None:
+    """Blockers: unknown (not the id of any task in the file, valid or not), self."""
     for label, m, _ in models:
         for b in m.parallelization.blocked_by:
             if b == m.id:
@@ -387,82 +448,60 @@ def validate_document(
             elif b not in ids:
                 probs.error(label, "parallelization.blocked_by", f'unknown task "{_plain(b)}"')
 
-    defaults = top_model.defaults if top_model else DefaultsModel()
-    spec_worker = worker_config(top_model.worker) if top_model else None
-    if top_model is not None:
-        _check_unicode(probs, None, "base_ref", top_model.base_ref)
-        _check_unicode(probs, None, "defaults.verify", defaults.verify)
-        _check_worker_unicode(probs, None, top_model.worker)
-    tasks: list[Task] = []
-    in_repo = _InRepo(repo_root) if repo_root is not None else None
-    for label, m, rt in models:
-        _check_unicode(probs, label, "command", m.command)
-        _check_unicode(probs, label, "verify", m.verify)
-        _check_worker_unicode(probs, label, m.worker)
-        rel: list[str] = []
-        for j, pattern in enumerate(m.relevant_files):
-            norm = _check_path(probs, label, f"relevant_files[{j}]", pattern, in_repo)
-            if norm is not None:
-                rel.append(norm)
-        for j, pattern in enumerate(m.sparse_paths):
-            _check_path(probs, label, f"sparse_paths[{j}]", pattern, in_repo)
-        if not m.relevant_files:
-            probs.warn(
-                label,
-                "relevant_files",
-                "is empty: the task conflicts with nothing and may run beside any task",
-            )
-        merge = (
-            MergeConfig(m.merge.strategy, m.merge.key, m.merge.top_n, m.merge.min_votes)
-            if m.merge
-            else None
+
+def _task(
+    probs: _Problems,
+    label: str,
+    m: TaskModel,
+    rt: dict[str, Any],
+    defaults: DefaultsModel,
+    in_repo: _InRepo | None,
+) -> Task:
+    """One task's own checks (text, paths, worker), then the internal Task with the
+    spec's defaults applied."""
+    _check_unicode(probs, label, "command", m.command)
+    _check_unicode(probs, label, "verify", m.verify)
+    _check_worker_unicode(probs, label, m.worker)
+    rel: list[str] = []
+    for j, pattern in enumerate(m.relevant_files):
+        norm = _check_path(probs, label, f"relevant_files[{j}]", pattern, in_repo)
+        if norm is not None:
+            rel.append(norm)
+    for j, pattern in enumerate(m.sparse_paths):
+        _check_path(probs, label, f"sparse_paths[{j}]", pattern, in_repo)
+    if not m.relevant_files:
+        probs.warn(
+            label,
+            "relevant_files",
+            "is empty: the task conflicts with nothing and may run beside any task",
         )
-        tasks.append(
-            Task(
-                id=m.id,
-                summary=m.summary,
-                status=m.status,
-                relevant_files=tuple(rel),
-                blocked_by=tuple(b for b in m.parallelization.blocked_by if b != m.id),
-                estimated_minutes=m.estimated_minutes,
-                duration_minutes=m.duration_minutes,
-                command=m.command,
-                verify=m.verify if m.verify is not None else defaults.verify,
-                worker=worker_config(m.worker),
-                timeout_minutes=m.timeout_minutes or defaults.timeout_minutes,
-                max_retries=m.max_retries if m.max_retries is not None else defaults.max_retries,
-                attempts=m.attempts,
-                isolation=m.isolation,
-                checkout=m.checkout,
-                sparse_paths=tuple(m.sparse_paths),
-                merge=merge,
-                blocker=m.blocker,
-                raw=rt,
-            )
-        )
-
-    # Cycles, only once the edges are known to be sound.
-    if not any("blocked_by" in e or ": field id:" in e for e in probs.errors):
-        cycle = planner.find_cycle(tasks)
-        if cycle:
-            label = cycle[0]
-            probs.error(label, "parallelization.blocked_by", "cycle: " + " -> ".join(cycle))
-
-    if probs.errors:
-        n = len(probs.errors)
-        raise InvalidInput(f"{file}: {n} problem{'s' if n != 1 else ''}", probs.errors)
-
-    spec = Spec(
-        dir=spec_dir,
-        name=spec_name,
-        tasks=tuple(tasks),
-        base_ref=top_model.base_ref if top_model else None,
-        worker=spec_worker,
-        verify=defaults.verify,
-        context=dict(context or {}),
-        raw=raw,
+    merge = (
+        MergeConfig(m.merge.strategy, m.merge.key, m.merge.top_n, m.merge.min_votes)
+        if m.merge
+        else None
     )
-    return spec, probs.warnings
+    return Task(
+        id=m.id,
+        summary=m.summary,
+        status=m.status,
+        relevant_files=tuple(rel),
+        blocked_by=tuple(b for b in m.parallelization.blocked_by if b != m.id),
+        estimated_minutes=m.estimated_minutes,
+        duration_minutes=m.duration_minutes,
+        command=m.command,
+        verify=m.verify if m.verify is not None else defaults.verify,
+        worker=worker_config(m.worker),
+        timeout_minutes=m.timeout_minutes or defaults.timeout_minutes,
+        max_retries=m.max_retries if m.max_retries is not None else defaults.max_retries,
+        attempts=m.attempts,
+        isolation=m.isolation,
+        checkout=m.checkout,
+        expect_changes=m.expect_changes,
+        sparse_paths=tuple(m.sparse_paths),
+        merge=merge,
+        blocker=m.blocker,
+        raw=rt,
+    )
 
 
 def load_context(spec_dir: Path) -> dict[str, Any]:

@@ -1,10 +1,12 @@
-"""The only writer of tasks.json: locked, field-level, durable read-modify-write.
+"""The only writer of tasks.json: locked, field-level, durable read-modify-write, and
+``create`` for a new one (``specexec init``).
 
-Every write takes ``<spec>/.specexec/tasks.lock`` (a ``filelock`` that is never deleted),
+Every write takes ``<spec>/.specexec/tasks.lock`` (``system.file_lock``, never deleted),
 re-reads the *current* file, applies only the named fields of the named tasks, and
-replaces the file atomically (temp file in the same directory, fsync, ``os.replace``,
-fsync of the directory), keeping its mode and owner. So hand edits made between two
-writes survive, and a crash at any point leaves either the old or the new file.
+replaces the file atomically (``system.atomic_write``: temp file in the same directory,
+fsync, ``os.replace``, fsync of the directory), keeping its mode and owner. So hand
+edits made between two writes survive, and a crash at any point leaves either the old
+or the new file.
 
 Updating a task id that is not in the current file does not fail: the user may have
 deleted the task by hand during a run, and the other changes of the batch must still
@@ -21,7 +23,6 @@ import logging
 import os
 import re
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -30,8 +31,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
+from specexec import fmt, system
 from specexec.errors import Busy, InvalidInput, SpecexecError, UnsafePath
 from specexec.tasksfile import jsonio
 from specexec.tasksfile.types import RUNTIME_DIR, TASKS_FILE
@@ -39,10 +41,9 @@ from specexec.tasksfile.types import RUNTIME_DIR, TASKS_FILE
 log = logging.getLogger(__name__)
 
 LOCK_FILE: Final = "tasks.lock"
-TMP_PREFIX: Final = f".{TASKS_FILE}."
-TMP_SUFFIX: Final = ".tmp"
 STALE_TMP_SECONDS: Final = 60.0
-_TMP_NAME: Final = re.compile(rf"{re.escape(TMP_PREFIX)}[^/]+{re.escape(TMP_SUFFIX)}\Z")
+# The names system.atomic_write gives its temp files (``.tasks.json.PID.THREAD.tmp``).
+_TMP_NAME: Final = re.compile(rf"\.{re.escape(TASKS_FILE)}\.[^/]+\.tmp\Z")
 # An unlocked edit (an editor) landing between our read and our replace makes us redo
 # the update on the new file; give up after this many rounds.
 _MAX_ROUNDS: Final = 5
@@ -159,6 +160,8 @@ class TasksStore:
         self._cache: tuple[tuple[int, int, int, int], dict[str, Any]] | None = None
         # The encoding of each task as last written: a write re-encodes only changed tasks.
         self._encoder = jsonio.IncrementalEncoder("tasks")
+        # The bytes a finished task's record may take (tasksfile.bounds sets it per run).
+        self.record_budget = 256 * 1024
 
     # -- reading -------------------------------------------------------------------
 
@@ -297,9 +300,9 @@ class TasksStore:
         payload = self._encoder.encode(doc)
         if len(payload) > jsonio.MAX_BYTES:
             raise InvalidInput(
-                f"{self.path}: refusing to write {len(payload)} bytes, more than the "
-                f"{jsonio.MAX_BYTES}-byte limit of tasks.json (it could not be loaded again); "
-                "the file was left unchanged"
+                f"{self.path}: refusing to write {fmt.size(len(payload))}, more than the "
+                f"{fmt.size(jsonio.MAX_BYTES)} limit of tasks.json (it could not be loaded "
+                "again); the file was left unchanged"
             )
         return payload
 
@@ -310,7 +313,7 @@ class TasksStore:
             lock = self._lock()
             try:
                 lock.acquire(timeout=self.lock_timeout)
-            except Timeout:
+            except system.LockTimeout:
                 raise Busy(
                     f"{self.path}: timed out after {self.lock_timeout:g} s waiting for "
                     f"{self.lock_path}, held by another specexec process"
@@ -332,13 +335,8 @@ class TasksStore:
     def _lock(self) -> FileLock:
         if self._filelock is None:
             runtime_dir(self.spec_dir)
-            self._filelock = FileLock(
-                self.lock_path,
-                mode=0o600,
-                poll_interval=0.002,  # contention is short; a long poll would idle the lock
-                fallback_to_soft=False,  # a soft lock releases by deleting its file
-                preserve_lock_file=True,
-            )
+            # Contention is short; a long poll would idle the lock.
+            self._filelock = system.file_lock(self.lock_path, mode=0o600, poll_interval=0.002)
         return self._filelock
 
     def _remove_stale_temps(self) -> None:
@@ -361,49 +359,46 @@ class TasksStore:
                     log.info("removed a temporary file left by a crashed writer: %s", entry.path)
 
     def _replace(self, payload: bytes, st: os.stat_result) -> bool:
-        """Durably replace the file with ``payload`` unless it changed since ``st``."""
-        tmp: str | None = None
+        """Durably replace the file with ``payload`` (keeping its owner and mode) unless
+        it changed since ``st``."""
         try:
-            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=self.spec_dir)
-            try:
-                _keep_owner_and_mode(fd, st)
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if not _same_file(self.path, st):
-                return False
-            os.replace(tmp, self.path)
-            tmp = None
+            return system.atomic_write(
+                self.path,
+                payload,
+                mode=stat.S_IMODE(st.st_mode),
+                owner=(st.st_uid, st.st_gid),
+                unless_changed=lambda: _same_file(self.path, st),
+            )
         except OSError as e:
-            name = errno.errorcode.get(e.errno or 0, "")
-            raise SpecexecError(
-                f"{self.path}: cannot write: {e.strerror or e}{f' ({name})' if name else ''}; "
-                "the file was left unchanged"
-            ) from None
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-        _fsync_dir(self.spec_dir)
-        return True
+            raise _write_error(self.path, e) from None
+
+
+def create(spec_dir: str | os.PathLike[str], doc: dict[str, Any]) -> Path:
+    """Write a new ``tasks.json`` in ``spec_dir`` (``InvalidInput`` if there is one
+    already, or if ``doc`` could not be loaded again); its path."""
+    path = Path(spec_dir) / TASKS_FILE
+    payload = jsonio.encode(doc)
+    if jsonio.too_deep(doc) or len(payload) > jsonio.MAX_BYTES:
+        raise InvalidInput(f"{path}: refusing to write a document specexec could not load")
+    try:
+        system.atomic_write(path, payload, exclusive=True)
+    except FileExistsError:
+        raise InvalidInput(f"{path} already exists; not overwriting it") from None
+    except OSError as e:
+        raise _write_error(path, e) from None
+    return path
+
+
+def _write_error(path: Path, e: OSError) -> SpecexecError:
+    name = errno.errorcode.get(e.errno or 0, "")
+    return SpecexecError(
+        f"{path}: cannot write: {e.strerror or e}{f' ({name})' if name else ''}; "
+        "the file was left unchanged"
+    )
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def _keep_owner_and_mode(fd: int, st: os.stat_result) -> None:
-    if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
-        # Only root may give a file away; a member of the group may still keep the group.
-        try:
-            os.fchown(fd, st.st_uid, st.st_gid)
-        except PermissionError:
-            with contextlib.suppress(PermissionError):
-                os.fchown(fd, -1, st.st_gid)
-    os.fchmod(fd, stat.S_IMODE(st.st_mode))  # after chown, which may clear set-id bits
 
 
 def _same_file(path: Path, st: os.stat_result) -> bool:
@@ -417,21 +412,6 @@ def _same_file(path: Path, st: os.stat_result) -> bool:
         st.st_size,
         st.st_mtime_ns,
     )
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        # Some filesystems cannot fsync a directory; the rename is done either way.
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise SpecexecError(f"{path}: cannot sync the directory: {e.strerror or e}") from None
-    finally:
-        os.close(fd)
 
 
 class CoalescingWriter:

@@ -13,7 +13,6 @@ from typing import Any, Literal
 
 Status = Literal["pending", "in_progress", "pass", "fail", "blocked"]
 STATUSES: tuple[Status, ...] = ("pending", "in_progress", "pass", "fail", "blocked")
-DONE_STATUSES: frozenset[str] = frozenset({"pass", "fail", "blocked"})
 
 MergeStrategy = Literal["union", "intersection", "priority", "voting"]
 Isolation = Literal["worktree", "none"]
@@ -61,6 +60,8 @@ class Task:
     attempts: int = 0
     isolation: Isolation = "worktree"
     checkout: Checkout = "full"
+    # None: the worker's rule (agents must change a file to pass, shell tasks need not).
+    expect_changes: bool | None = None
     sparse_paths: tuple[str, ...] = ()
     merge: MergeConfig | None = None
     blocker: str | None = None

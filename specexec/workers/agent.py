@@ -46,6 +46,10 @@ class Agent:
     # A reported pass that changed no file is a failure (an agent that was asked to edit
     # and edited nothing); the task's "expect_changes" overrides it.
     expect_changes: bool = True
+    # The prompt asks for the result as a fenced json block at the end of the answer as
+    # well as in the result file; False where a fenced block in the answer breaks the CLI
+    # (aider's "whole" edit format takes every fence for a file).
+    answer_block: bool = True
     unwrap: Callable[[str], Envelope | None] | None = None
 
 

@@ -1,17 +1,47 @@
-"""Aider (tested: aider-chat 0.86.2).
+"""Aider (tested: aider-chat 0.86.2; see tests/conformance/FINDINGS_aider.md).
 
 ``aider --yes-always --no-auto-commits --no-gitignore --no-pretty --no-stream
---no-check-update --analytics-disable [args] --message-file {prompt_file}``; stdin is
-/dev/null.
+--no-fancy-input --no-check-update --analytics-disable --no-show-release-notes [args]
+--message-file {prompt_file}``; stdin is /dev/null, the working directory the worktree.
 
-- ``--message-file``: run one message, then exit. ``--yes-always``: answer its questions
-  (it still runs no shell command unasked). ``--analytics-disable``: otherwise
-  ``--yes-always`` also says yes to the analytics opt-in.
-- ``--no-auto-commits``: specexec commits. ``--no-gitignore``: do not add ``.aider*`` to
-  the task's ``.gitignore``. ``--no-pretty``/``--no-stream``: a plain log.
-- Aider exits 0 when the API call fails and when it rejects the model's edit, so both are
-  read from its output. It writes ``.aider*`` files (chat and input history, tag cache)
-  into the worktree: never the task's change.
+- ``--message-file``: run the one message (the prompt file lives in the run folder, outside
+  the worktree; aider does not add it to the chat), apply the edits, exit.
+- ``--yes-always``: answer aider's questions (create the file? edit a file not in the
+  chat? fix the lint errors?) with yes. It still runs no shell command the model suggests
+  (those need an explicit yes). It also says yes to every "open this URL?", hence
+  ``BROWSER`` below, and to the analytics opt-in and the release notes of a first run
+  (every fresh HOME), hence the next two flags.
+- ``--analytics-disable``: no analytics (posthog), never asked. ``--no-show-release-notes``:
+  a first run otherwise opens the release notes in a browser. ``--no-check-update``: no
+  PyPI version check.
+- ``--no-auto-commits``: specexec commits; it also turns off aider's "dirty commits" (a
+  commit of a file about to be edited again). Aider still ``git add``s the files it
+  creates; specexec resets the result file and the ``leaves`` to the base before cleaning.
+- ``--no-gitignore``: otherwise aider adds ``.aider*`` to the task's ``.gitignore``. (Do not
+  exclude the result file either: aider refuses to edit an ignored path.)
+- ``--no-pretty``/``--no-fancy-input``: a plain log; no prompt_toolkit on a stdin that is
+  not a terminal ("Input is not a terminal" on stderr).
+- ``--no-stream``: the ``Tokens:`` line then holds the usage the server reported (when
+  streaming, aider counts with a local tokenizer: an estimate).
+
+Environment defaults (the user's own values win): ``LITELLM_LOCAL_MODEL_COST_MAP=True``
+(litellm otherwise downloads its price list from GitHub on import) and ``BROWSER=true``
+(what ``--yes-always`` "opens": the URLs in API errors and model warnings). Not changed:
+aider downloads litellm's price list itself for a model missing from
+``~/.aider.model.metadata.json`` (no flag; the metadata file is the user's setup), and its
+retries of 429/5xx/connection errors (about a minute, hard-coded; each attempt also retried
+twice by the openai client unless the user's ``.aider.model.settings.yml`` says
+``max_retries: 0``): not absurd for a real endpoint, and specexec's task timeout bounds it.
+Aider needs a model (``--model`` in the worker's args, ``AIDER_MODEL``, ``.aider.conf.yml``)
+or a provider key in the environment: with neither, ``--yes-always`` accepts its OpenRouter
+login and it waits 5 minutes for a browser callback.
+
+Aider exits 0 after an API error, a rejected edit or a refused path too, so ``unwrap``
+reads them from its output (stdout; stderr stays empty), see ``unwrap``. It writes
+``.aider.chat.history.md`` and ``.aider.tags.cache.v4/`` (repo map) into the worktree:
+``leaves``. The result goes only into the result file (``answer_block=False``): in the
+``whole`` edit format, which aider uses for models it does not know, every fenced block is
+a file listing, so a ```json block in the answer makes aider reject the whole reply.
 """
 
 from __future__ import annotations
@@ -20,17 +50,45 @@ import re
 
 from specexec.workers.agent import Agent, Envelope, clip
 
-_TOKENS_RE = re.compile(r"^Tokens:\s*(.+?)\.\s*(?:Cost:|$)", re.M)
-_PART_RE = re.compile(r"([\d.,]+)\s*([kKmM]?)\s+(sent|received|cache write|cache hit)")
-_COST_RE = re.compile(r"Cost:\s*\$([\d.,]+)\s*message,\s*\$([\d.,]+)\s*session")
-# Lines with which aider reports a failure it then exits 0 after.
-_ERROR_RE = re.compile(
-    r"^(?P<line>(?:litellm\.\w+(?:Error|Exception)\b.*"
-    r"|.*did not conform to the edit format.*"
-    r"|The LLM did not conform.*"
-    r"|Model \S+ has hit a token limit.*"
-    r"|Unable to (?:list|find|edit|write).*"
-    r"|Error: .*))$",
+# One line per model call: "Tokens: 2.3k sent, 1.1k cache write, 2k cache hit, 150 received."
+# then " Cost: $0.01 message, $0.015 session." (on a line of its own when both cache parts
+# are there; missing for a model without prices). Numbers of 1000 and more are rounded.
+_TOKENS_RE = re.compile(r"^Tokens: (?P<parts>[^\n]*? received)\.", re.M)
+_PART_RE = re.compile(r"([\d.,]+)([kKmM]?) (sent|received|cache write|cache hit)\b")
+_COST_RE = re.compile(
+    r"(?:^|received\.\s)Cost: \$([\d.,]+)\s+message,\s+\$([\d.,]+)\s+session\.", re.M
+)
+
+# What aider prints when it stops without doing the job (it still exits 0). They are read
+# only where aider's own output is: after the last Tokens: line (the last reply comes before
+# it, so no file content the model wrote can match), or, for refused edits, after the
+# first Tokens: line (the first reply, the one that usually carries the files, is before it).
+# The error line, with its wrapped continuation and aider's explanation of it.
+_API_ERROR_RE = re.compile(
+    r"^litellm\.[\w.]+:[^\n]*(?:\n(?!\n|Retrying in |litellm\.)[^\n]*)*", re.M
+)
+_RETRYING_RE = re.compile(r"^Retrying in [\d.]+ seconds\.\.\.$", re.M)
+_REFLECTIONS_RE = re.compile(r"^Only (?P<n>\d+) reflections allowed, stopping\.$", re.M)
+_NOT_CONFORM_RE = re.compile(
+    r"^The LLM did not conform to the edit format\.\n(?:https?://\S+\n)?\s*(?P<why>[^\n]*)", re.M
+)
+_LINT_RE = re.compile(r"^# Fix any errors below, if possible\.$", re.M)
+_STOPPED_RE = re.compile(
+    r"^(?P<line>Model \S+ has hit a token limit!"
+    r"|Empty response received from LLM\. Check your provider account\?"
+    r"|No LLM model was specified and no API keys were provided\."
+    r"|OpenRouter authentication did not complete successfully\.)$",
+    re.M,
+)
+_TRACEBACK_RE = re.compile(r"^Traceback \(most recent call last\):$", re.M)
+# Edits aider did not apply although the reply was well formed (paths may wrap at 80
+# columns, hence \s+).
+_REFUSED_RE = re.compile(
+    r"^(?:Skipping edits to (?P<ignored>[^\n]+?)\s+that\s+matches\s+gitignore\s+spec\."
+    r"|Unable to create (?P<uncreated>[^\n]+?),\s+skipping\s+edits\."
+    r"|Skipping edits to (?P<skipped>[^\n]+)$"
+    r"|(?P<git>Cmd\('git'\) failed due to:[^\n]*(?:\n(?!\n)[^\n]*)*)"
+    r"|(?P<exc>Exception while updating files:\n[^\n]*))",
     re.M,
 )
 
@@ -40,29 +98,94 @@ def _count(number: str, suffix: str) -> int:
     return round(value * {"": 1, "k": 1_000, "m": 1_000_000}[suffix.lower()])
 
 
-def unwrap(text: str) -> Envelope | None:
+def _tokens(text: str) -> dict[str, int] | None:
     names = {"sent": "input", "received": "output", "cache write": "cache_write"}
     counted: dict[str, int] = {}
     for line in _TOKENS_RE.finditer(text):
-        for number, suffix, what in _PART_RE.findall(line.group(1)):
+        for number, suffix, what in _PART_RE.findall(line["parts"]):
             try:
                 n = _count(number, suffix)
             except ValueError:
                 continue
             name = names.get(what, "cache_hit")
             counted[name] = counted.get(name, 0) + n
-    cost = None
+    return counted or None
+
+
+def _cost(text: str) -> float | None:
     costs = _COST_RE.findall(text)
-    if costs:
-        try:
-            cost = float(costs[-1][1].replace(",", ""))  # the session total
-        except ValueError:
-            cost = None
-    errors = [m["line"] for m in _ERROR_RE.finditer(text)]
-    error = f"aider reported an error: {clip(errors[-1])}" if errors else None
+    if not costs:
+        return None
+    try:
+        return float(costs[-1][1].replace(",", ""))  # the session total, on the last line
+    except ValueError:
+        return None
+
+
+def _refused(text: str) -> tuple[list[str], list[str]]:
+    """(denials, error texts) for the edits aider refused to apply."""
+    denials: list[str] = []
+    errors: list[str] = []
+    for m in _REFUSED_RE.finditer(text):
+        if m["ignored"]:
+            denials.append(f"edit {m['ignored']}")
+            errors.append(f"aider skipped the edit to {m['ignored']} (it matches .gitignore)")
+        elif m["uncreated"]:
+            denials.append(f"edit {m['uncreated']}")
+            errors.append(f"aider could not create {m['uncreated']} and skipped its edits")
+        elif m["skipped"]:
+            denials.append(f"edit {m['skipped']}")
+            errors.append(f"aider skipped the edit to {m['skipped']}")
+        elif m["git"]:
+            denials.append("edits (git failed)")
+            errors.append(f"git failed while aider applied the edits: {' '.join(m['git'].split())}")
+        elif m["exc"]:
+            errors.append("aider failed while applying the edits: " + m["exc"].split("\n", 1)[1])
+    return list(dict.fromkeys(denials)), errors
+
+
+def _stopped(tail: str) -> list[str]:
+    """Why aider stopped without finishing, from its output after the last reply."""
+    errors: list[str] = []
+    reflections = _REFLECTIONS_RE.search(tail)
+    not_conform = list(_NOT_CONFORM_RE.finditer(tail))
+    if reflections:
+        if not_conform:
+            why = f"the LLM did not conform to the edit format: {not_conform[-1]['why']}"
+        elif _LINT_RE.search(tail):
+            why = "lint errors are left in the edited files"
+        else:
+            why = "the last reply still needed a follow-up"
+        errors.append(f"aider stopped after {reflections['n']} reflections ({why})")
+    elif not_conform:
+        errors.append(f"the LLM did not conform to the edit format: {not_conform[-1]['why']}")
+    api = list(_API_ERROR_RE.finditer(tail))
+    if api and not _RETRYING_RE.search(tail, api[-1].end()):
+        errors.append(" ".join(api[-1].group(0).split()))  # the final one, not retried
+    errors.extend(m["line"] for m in _STOPPED_RE.finditer(tail))
+    if not errors and _TRACEBACK_RE.search(tail):
+        last = [line for line in tail.splitlines() if line.strip()][-1]
+        errors.append(f"aider stopped on an exception: {last.strip()}")
+    return errors
+
+
+def unwrap(text: str) -> Envelope | None:
+    """Aider's plain-text output: tokens summed over its ``Tokens:`` lines, the session
+    cost of the last one, and ``error`` when aider gave up (an API error it did not retry or
+    retried in vain, reflections used up on a malformed edit or lint errors, a token limit,
+    no model) or did not apply an edit of a well-formed reply (a path it cannot create, e.g.
+    in ``.git/``; an ignored path; a git failure, e.g. a path outside the worktree), which
+    are also ``denials``. None when nothing in ``text`` is aider's."""
+    lines = list(_TOKENS_RE.finditer(text))
+    tail = text[lines[-1].end() :] if lines else text
+    after_first = text[lines[0].end() :] if lines else ""
+    denials, refused = _refused(after_first)
+    errors = _stopped(tail) + refused
+    error = f"aider reported an error: {clip('; '.join(dict.fromkeys(errors)))}" if errors else None
+    counted, cost = _tokens(text), _cost(text)
     if not counted and cost is None and error is None:
         return None
-    return Envelope("aider", text, cost, counted or None, error)
+    return Envelope("aider", text, cost, counted, error, tuple(denials))
 
 
 AGENT = Agent(
@@ -74,11 +197,15 @@ AGENT = Agent(
         "--no-gitignore",
         "--no-pretty",
         "--no-stream",
+        "--no-fancy-input",
         "--no-check-update",
         "--analytics-disable",
+        "--no-show-release-notes",
     ),
     tail=("--message-file", "{prompt_file}"),
     stdin_prompt=False,
+    env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "BROWSER": "true"},
     leaves=(":(glob).aider*", ":(glob).aider*/**"),
+    answer_block=False,
     unwrap=unwrap,
 )

@@ -15,10 +15,9 @@ import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from specexec.errors import InvalidInput
-from specexec.tasksfile.types import Spec, Task, WorkerConfig
+from specexec.tasksfile.types import Task, WorkerConfig
 from specexec.workers.agent import Agent
 from specexec.workers.registry import AGENTS, CUSTOM, DEFAULT_PRESET, KNOWN_PRESETS
 
@@ -69,12 +68,11 @@ def _where(task: Task) -> str:
 
 
 def build_invocation(
-    worker: WorkerConfig | None, task: Task, spec: Spec, placeholders: Mapping[str, str]
+    worker: WorkerConfig | None, task: Task, placeholders: Mapping[str, str]
 ) -> Invocation:
     """The command for ``task`` under ``worker`` (already resolved per DESIGN §4 by the
     caller; None = the ``shell`` preset). Raises InvalidInput for an unknown preset, a
     ``shell`` task without ``command``, or an unknown placeholder."""
-    del spec  # resolution order is the caller's; kept for future per-spec presets
     worker = worker or WorkerConfig(preset=DEFAULT_PRESET)
     where = _where(task)
     preset_name = worker.preset or (CUSTOM if worker.command is not None else DEFAULT_PRESET)
@@ -116,9 +114,8 @@ def build_invocation(
 def preset_problem(worker: WorkerConfig | None, task: Task) -> str | None:
     """Why ``task`` cannot run under ``worker`` (for validation), or None."""
     dummy = {p: f"<{p}>" for p in PLACEHOLDERS}
-    spec = Spec(dir=Path("."), name="", tasks=(task,))
     try:
-        build_invocation(worker, task, spec, dummy)
+        build_invocation(worker, task, dummy)
     except InvalidInput as exc:
         return str(exc)
     return None

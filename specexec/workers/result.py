@@ -57,6 +57,7 @@ class WorkerResult:
     duration_minutes: float | None = None
     cost_usd: float | None = None
     tokens: Mapping[str, int] | None = None  # {input, output, ...}
+    denials: tuple[str, ...] = ()  # tool calls the agent CLI refused the agent
     source: Source = "exit_code"
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # as reported
 
@@ -71,6 +72,8 @@ class WorkerResult:
             value = getattr(self, key)
             if value is not None:
                 out[key] = dict(value)
+        if self.denials:
+            out["denials"] = list(self.denials)
         for key in ("blocker", "notes", "data", "duration_minutes", "cost_usd"):
             value = getattr(self, key)
             if value is not None:
@@ -260,6 +263,11 @@ def parse_result(
     """The worker's result, from its result file, its output or its exit code."""
     output = read_log_tail(log_path)
     env = unwrap(output, preset)
+    result = _decide(result_file, output, env, returncode)
+    return replace(result, denials=env.denials) if env.denials else result
+
+
+def _decide(result_file: Path, output: str, env: Envelope, returncode: int | None) -> WorkerResult:
 
     obj, problem = _read_result_file(result_file)
     if problem is not None:
@@ -268,6 +276,8 @@ def parse_result(
         )
     if obj is not None:
         result = _from_object(obj, "result_file", env)
+        if result.status == "pass" and env.error:  # e.g. an edit the CLI denied the agent
+            return replace(result, status="fail", blocker=env.error)
         if returncode != 0:
             note = f"the worker {_exit_description(returncode)} after writing its result file"
             result = replace(result, notes=_append(result.notes, note))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +14,7 @@ from conftest import PY, git, run_cli
 from specexec.git import pool as pool_mod
 from specexec.git.pool import WorktreePool
 from specexec.git.workspace import Workspace, read_owner
+from specexec.system import ProcessId
 
 SPEC = "feat"
 
@@ -24,13 +27,6 @@ OWNER = (
     "print(wt.path, flush=True)\n"
     "sys.stdin.readline()\n"
 )
-
-
-@pytest.fixture
-def ws(repo: Path) -> Workspace:
-    w = Workspace(repo)
-    w.ensure_integration_branch(SPEC, None)
-    return w
 
 
 @pytest.fixture
@@ -214,3 +210,40 @@ def test_gc_command_removes_pool_worktrees(repo: Path, ws: Workspace) -> None:
     proc = run_cli("gc", str(repo))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"removed pool worktree {wt.path} (free)\n"
+
+
+def test_gc_removes_the_worktrees_older_versions_kept_in_the_git_dir(
+    repo: Path, ws: Workspace
+) -> None:
+    """Before worktrees moved out of ``.git``: ``.git/specexec/pool/<n>`` and
+    ``.git/specexec/worktrees/<spec>/<task>``. A dead owner's and an ownerless one go; a
+    live owner's stays."""
+    data = repo / ".git" / "specexec"
+    base = git(repo, "rev-parse", "HEAD")
+    dead = {"pid": 2**22 + 7, "start_time": 1.0, "host": socket.gethostname()}
+    slot, fresh, live = data / "pool" / "0", data / "worktrees" / SPEC / "T1", data / "pool" / "1"
+    for path in (slot, fresh, live):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        git(repo, "worktree", "add", "-q", "--detach", str(path), base)
+    (data / "pool" / "0.owner").write_text(json.dumps(dead))
+    owner = subprocess.Popen(["sleep", "60"])
+    try:
+        me = ProcessId.of(owner.pid)
+        assert me is not None
+        (data / "pool" / "1.owner").write_text(json.dumps(me.to_json()))
+        proc = run_cli("gc", str(repo))
+        assert proc.returncode == 0, proc.stderr
+        assert f"worktree {slot} (left by an older specexec)" in proc.stdout
+        assert f"worktree {fresh} (left by an older specexec)" in proc.stdout
+        listing = git(repo, "worktree", "list", "--porcelain")
+        assert str(slot) not in listing and str(fresh) not in listing
+        assert str(live) in listing and live.is_dir()  # its owner still runs
+        assert not slot.exists() and not fresh.exists() and not (data / "worktrees").exists()
+        assert "prunable" not in listing
+    finally:
+        owner.kill()
+        owner.wait()
+    proc = run_cli("gc", str(repo))
+    assert proc.returncode == 0, proc.stderr
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+    assert not (data / "pool").exists()

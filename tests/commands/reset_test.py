@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from conftest import PY, read_tasks, task, write_spec
 
-from specexec.commands.reset import RUN_FIELDS, reset
+from specexec.commands.reset import reset
 from specexec.errors import Busy, InvalidInput
 from specexec.tasksfile.events import read_events
+from specexec.tasksfile.reset import RUN_FIELDS
 
 RUN: dict[str, Any] = {
     "started_at": "2025-01-01T00:00:00Z",

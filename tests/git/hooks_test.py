@@ -10,27 +10,14 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import git, init_repo, read_tasks, run_cli, task, write_spec
+from conftest import git, init_repo, read_tasks, run_cli, task, wait_for, write_spec
 
 from specexec.git.hooks import HOOK_TYPES, MARKER, ORIG_SUFFIX
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def all_pass(spec_dir: Path) -> bool:
@@ -55,10 +42,15 @@ def commit(repo: Path, message: str, *extra: str) -> tuple[subprocess.CompletedP
     return proc, time.monotonic() - t0
 
 
-def slow_spec(spec_dir: Path, rec: Path, seconds: float = 2.0) -> Path:
-    """A spec whose one task takes a while and records the GIT_* variables it sees."""
+def slow_spec(spec_dir: Path, rec: Path, gate: Path | None = None) -> Path:
+    """A spec whose one task records the GIT_* variables it sees and, given a ``gate``,
+    does not finish before that file exists (for at most 120 s)."""
     env_file = shlex.quote(str(rec / f"{spec_dir.name}.env"))
-    cmd = f"env | grep '^GIT_' > {env_file}; sleep {seconds}; echo done > result.txt"
+    wait = ""
+    if gate is not None:
+        g = shlex.quote(str(gate))
+        wait = f"i=0; while [ ! -e {g} ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; "
+    cmd = f"env | grep '^GIT_' > {env_file}; {wait}echo done > result.txt"
     return write_spec(spec_dir, [task("T1", command=cmd, files=["result.txt"])])
 
 
@@ -98,14 +90,17 @@ def test_post_commit_runs_the_new_spec_in_the_background(repo: Path, tmp_path: P
     assert MARKER in (hooks_dir / "post-commit").read_text()
     assert sys.executable in (hooks_dir / "post-commit").read_text()
 
-    spec = slow_spec(repo / "specs" / "new", rec)
+    gate = rec / "gate"
+    spec = slow_spec(repo / "specs" / "new", rec, gate)
     git(repo, "add", "-A")
+    # The task cannot finish before the gate opens, and the gate opens only once git
+    # commit has returned: git did not wait for the run (else it times out).
     proc, took = commit(repo, "add a spec folder")
     assert proc.returncode == 0, proc.stderr
     print(f"git commit with the post-* hooks installed: {took:.2f}s")
-    assert took < 1.0
-    assert not all_pass(spec)  # still running: git did not wait for it
+    assert not all_pass(spec)  # still running
     assert "running specs/new in the background" in proc.stderr
+    gate.touch()
     wait_for(lambda: all_pass(spec), 60, "the spec to pass")
     assert (rec / "orig").read_text() == "original hook ran\n"
     assert (rec / "new.env").read_text() == ""  # no GIT_DIR/GIT_INDEX_FILE leaked
@@ -141,7 +136,7 @@ def test_root_commit_and_core_hooks_path(tmp_path: Path) -> None:
     assert not (repo / ".git" / "hooks" / "post-commit").exists()
     rec = tmp_path / "rec"
     rec.mkdir()
-    spec = slow_spec(repo / "s1", rec, seconds=0.1)
+    spec = slow_spec(repo / "s1", rec)
     git(repo, "add", "s1")
     proc, _ = commit(repo, "root commit with a spec")  # no HEAD~1: the root commit's files
     assert proc.returncode == 0, proc.stderr
@@ -167,7 +162,7 @@ def test_post_merge_and_post_checkout_run_the_changed_specs(repo: Path, tmp_path
         == 0
     )
     git(repo, "checkout", "-q", "-b", "feature")
-    merged = slow_spec(repo / "specs" / "merged", rec, seconds=0.1)
+    merged = slow_spec(repo / "specs" / "merged", rec)
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "spec on a branch")
     git(repo, "checkout", "-q", "main")  # the spec folder goes away: nothing to run
@@ -177,7 +172,7 @@ def test_post_merge_and_post_checkout_run_the_changed_specs(repo: Path, tmp_path
 
     git(repo, "checkout", "-q", "--", ".")  # drop the run's status edits
     git(repo, "checkout", "-q", "-b", "other")  # the same commit: nothing to run
-    checked = slow_spec(repo / "specs" / "checked", rec, seconds=0.1)
+    checked = slow_spec(repo / "specs" / "checked", rec)
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "another spec")
     git(repo, "checkout", "-q", "main")  # the spec folder goes away: nothing to run

@@ -80,13 +80,6 @@ def task_branches(repo: Path) -> list[str]:
     return [b for b in out.splitlines() if "@" in b]
 
 
-@pytest.fixture
-def ws(repo: Path) -> Workspace:
-    w = Workspace(repo)
-    w.ensure_integration_branch(SPEC, None)
-    return w
-
-
 # --- discovery and the integration branch ----------------------------------------------
 
 
@@ -146,7 +139,8 @@ def test_branch_names() -> None:
 def test_worktree_is_outside_the_work_tree_and_never_in_status(ws: Workspace, repo: Path) -> None:
     before = snapshot(repo)
     wt = ws.create_worktree(SPEC, "T1")
-    assert wt.path == repo.resolve() / ".git" / "specexec" / "worktrees" / SPEC / "T1"
+    assert wt.path == ws.worktrees_dir / SPEC / "T1"
+    assert repo.resolve() not in wt.path.parents  # neither in the working tree nor in .git
     assert wt.branch == "specexec/feat@T1"
     assert wt.base == git(repo, "rev-parse", "specexec/feat")
     assert (wt.path / "README.md").read_text() == "hello\n"

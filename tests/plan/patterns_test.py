@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from specexec.plan.patterns import (
     conflict_graph,
+    conflict_index,
+    conflict_indices,
     covers,
     fixed_prefix,
     is_glob,
@@ -119,6 +121,20 @@ def test_covers_and_scope_violations() -> None:
     ) == ["setup.cfg", "src/app.py"]
 
 
+def test_covers_by_glob() -> None:
+    assert covers(["src/*/"], "src/a/b.py")  # a tree glob names everything beneath
+    assert not covers(["src/*.py"], "src/a/b.py")  # * never crosses /
+    assert covers(["src/*/b.py"], "src/a/b.py")
+    assert not covers(["src/*/b.py"], "src/a") and not covers(["src/*/b.py"], "src/a/b.py/c")
+    assert covers(["src/**"], "src/a/b.py") and covers(["src/**/b.py"], "src/b.py")
+
+
+def test_unnormalised_patterns_name_the_same_paths() -> None:
+    assert patterns_conflict("./src//a.py", "src/a.py")
+    assert patterns_conflict("src/./a/", "src/a/b.py")
+    assert not patterns_conflict("src//a.py", "src/b.py")
+
+
 def test_no_declared_scope_has_no_violations() -> None:
     assert scope_violations(["anything.py"], []) == []
 
@@ -194,6 +210,27 @@ def test_index_agrees_with_pairwise_check(file_sets: list[list[str]]) -> None:
         witness = any(covers(a.relevant_files, p) and covers(b.relevant_files, p) for p in UNIVERSE)
         if witness:
             assert brute, (a, b)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(files, min_size=1, max_size=8))
+def test_index_overlap_is_the_pairwise_overlap(file_sets: list[list[str]]) -> None:
+    """The index looks ``overlap`` up among the pairs it found: the same answer."""
+    tasks = [t(f"T{i}", *fs) for i, fs in enumerate(file_sets)]
+    index = conflict_index(tasks)
+    assert index.conflicts == conflict_indices(tasks)
+    for i, a in enumerate(tasks):
+        for j, b in enumerate(tasks):
+            assert index.overlap(i, j) == overlap(a.relevant_files, b.relevant_files), (a, b)
+
+
+def test_index_overlap_with_every_pattern() -> None:
+    # One task per pattern plus one holding them all: patterns with many neighbours.
+    tasks = [t(f"T{i}", p) for i, p in enumerate(PATTERNS)] + [t("ALL", *reversed(PATTERNS))]
+    index = conflict_index(tasks)
+    for i, a in enumerate(tasks):
+        for j, b in enumerate(tasks):
+            assert index.overlap(i, j) == overlap(a.relevant_files, b.relevant_files), (a, b)
 
 
 # Two glob components are only compared by their literal head and tail (documented).

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Sequence
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specexec.errors import InvalidInput
-from specexec.plan.patterns import conflict_graph, patterns_conflict
+from specexec.plan.patterns import conflict_graph, overlap, patterns_conflict
 from specexec.plan.planner import (
     execution_strategy,
     find_cycle,
@@ -280,3 +281,41 @@ def test_waves_respect_blockers_and_conflicts(tasks: list[Task], jobs: int) -> N
     assert plan.waves_minutes <= plan.sequential_minutes + 1e-9
     assert 1 <= plan.max_concurrent <= jobs
     assert [w.wave_id for w in plan.waves] == list(range(1, len(plan.waves) + 1))
+
+
+@settings(max_examples=150, deadline=None)
+@given(dags(), st.integers(1, 4))
+def test_plan_details_agree_with_direct_computation(tasks: list[Task], jobs: int) -> None:
+    plan = make_plan(tasks, jobs)
+    by_id = {x.id: x for x in tasks}
+    position = {x.id: i for i, x in enumerate(tasks)}
+    wave_of = {tid: w.wave_id for w in plan.waves for tid in w.tasks}
+    graph = conflict_graph(tasks)
+    # Each task moved for shared files names the first task of that wave it conflicts
+    # with, and what they share.
+    for w in plan.waves:
+        for part in w.rationale.split("; "):
+            if " moved out of wave " not in part:
+                continue
+            tid, rest = part.split(" moved out of wave ")
+            low, rest = rest.split(": shares ")
+            shared, other = rest.rsplit(" with ", 1)
+            holders = [x.id for x in tasks if wave_of[x.id] == int(low) and x.id in graph[tid]]
+            assert other == min(holders, key=position.__getitem__)
+            assert shared == overlap(by_id[tid].relevant_files, by_id[other].relevant_files)
+    # The eager figures are those of a plain simulation.
+    eager, slots = simulate(tasks, jobs)
+    assert plan.eager_minutes == eager
+    assert plan.eager_schedule == tuple((k[1], s, e) for k, s, e in slots)
+    # Most tasks at once: an event sweep, ends before starts at the same minute.
+    events = sorted([(s, 1) for _, s, _ in slots] + [(e, -1) for _, _, e in slots])
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    assert plan.max_concurrent == peak
+    # The critical path is a blocked_by chain as long as the longest remaining path.
+    path = plan.critical_path
+    assert all(a in by_id[b].blocked_by for a, b in pairwise(path))
+    assert plan.critical_path_minutes == pytest.approx(max(remaining_critical_path(tasks).values()))
+    assert plan.critical_path_minutes == pytest.approx(sum(by_id[x].estimate for x in path))

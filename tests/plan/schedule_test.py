@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specexec.errors import InvalidInput
-from specexec.plan.patterns import conflict_graph, patterns_conflict
-from specexec.plan.schedule import Key, Schedule, simulate
+from specexec.plan.patterns import conflict_graph, conflict_indices, patterns_conflict
+from specexec.plan.schedule import Key, Prepared, Schedule, TaskGraph, simulate
 from specexec.tasksfile.types import Task
 
 
@@ -202,6 +202,32 @@ def test_bad_input() -> None:
         one([t("A")], jobs=0)
     with pytest.raises(InvalidInput):
         one([t("A"), t("A")])
+
+
+def test_graph_keeps_each_blocker_once_in_order() -> None:
+    tasks = [t(f"B{k}") for k in range(8)]
+    many = [f"B{k}" for k in (3, 1, 3, 2, 9, 1, 0, 4, 5, 6, 7)]  # > 8, repeats, unknown B9
+    tasks += [t("X", after=many), t("Y", after=["B2", "nope", "B2", "B0"])]
+    graph = TaskGraph.build(tasks)
+    assert graph.deps[8] == (3, 1, 2, 0, 4, 5, 6, 7)
+    assert graph.deps[9] == (2, 0)
+    assert graph.dependents[2] == (8, 9) and graph.dependents[7] == (8,)
+    assert graph.order == (0, 1, 2, 3, 4, 5, 6, 7, 9, 8)  # Y is ready before X
+    with pytest.raises(InvalidInput, match="'B1'"):
+        TaskGraph.build([*tasks, t("B1")])
+
+
+def test_prepared_priority_is_the_one_computed() -> None:
+    tasks = [
+        t("A", "a", minutes=10),
+        t("B", "a", minutes=1),
+        t("C", "c", after=["B"], minutes=30),
+        t("D", "d", after=["A", "C"], minutes=2),
+    ]
+    graph = TaskGraph.build(tasks)
+    prio = graph.bottom_levels([x.estimate for x in tasks])
+    prepared = {"": Prepared(graph, conflict_indices(tasks), prio)}
+    assert simulate(tasks, 2, prepared=prepared) == simulate(tasks, 2)
 
 
 def test_a_long_conflict_queue_is_not_rescanned() -> None:

@@ -11,14 +11,21 @@ restart must finish the work. Then:
   (one commit per task, the file holds one line);
 - tasks.json parsed at every moment of the trial (a reader thread re-reads it in a loop),
   and every line of events.jsonl parses;
-- no worktree, branch or ref is left, beyond at most --jobs pooled worktrees;
+- no worktree, branch, ref or stash entry is left, beyond at most --jobs pooled worktrees;
 - no process that worked for the spec folder is alive (found by its environment, which
-  every worker and its children inherit), and every worker group recorded in
-  ``.specexec/workers/`` by the killed runner is dead; the registry is empty;
+  every worker and its children inherit, or by its working directory in the repository),
+  and every worker group recorded in ``.specexec/workers/`` by the killed runner is dead;
+  the registry is empty;
 - the run lock is free.
 
-SPECEXEC_CHAOS_TRIALS (default 50) trials per mode, SPECEXEC_CHAOS_PARALLEL (default 3)
-at a time, seeds from SPECEXEC_CHAOS_SEED (default 1234).
+Across the trials of a mode, the kills must really have hit the run: most with tasks left
+to run, some while a task held a pool slot (its owner marker left behind), some with
+orphaned worker groups recorded, and at each of the three kinds of moment. These trials
+replace the SIGKILL loops that tests/run/recovery_test.py and tests/git/pool_test.py had.
+
+SPECEXEC_CHAOS_TRIALS (default 8: the property above holds with margin at this size,
+in about a minute; 50 or more for a soak) trials per mode, SPECEXEC_CHAOS_PARALLEL
+(default 3) at a time, seeds from SPECEXEC_CHAOS_SEED (default 1234).
 """
 
 from __future__ import annotations
@@ -38,19 +45,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
-from conftest import PY, git, init_repo, read_tasks, task, write_spec
+from conftest import PY, env_int, git, init_repo, read_tasks, task, wait_until, write_spec
 
-from reliability.support import group_alive, kill_tree, leftovers, spec_processes, wait_until
+from reliability.support import group_alive, kill_tree, leftovers, spec_processes
 from specexec.git.workspace import Workspace
 from specexec.tasksfile.runlock import RunLock
 from specexec.tasksfile.store import TasksStore
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
-TRIALS = int(os.environ.get("SPECEXEC_CHAOS_TRIALS", "50"))
-PARALLEL = int(os.environ.get("SPECEXEC_CHAOS_PARALLEL", "3"))
-SEED = int(os.environ.get("SPECEXEC_CHAOS_SEED", "1234"))
+TRIALS = env_int("SPECEXEC_CHAOS_TRIALS", 8)
+PARALLEL = env_int("SPECEXEC_CHAOS_PARALLEL", 3)
+SEED = env_int("SPECEXEC_CHAOS_SEED", 1234)
 JOBS = 2
 SHAPE = {"a": [], "b": [], "c": [], "d": ["a", "b"], "e": ["c", "d"]}
 SPEC = "k"
@@ -112,9 +120,11 @@ class Trial:
     seconds: float = 0.0
     check_seconds: float = 0.0
     mid_run_kills: int = 0
-    # The last kill came when tasks.json said every task passed (the restart has nothing
-    # to run, but must still remove the merged task branches the killed one left).
-    nothing_pending_at_restart: bool = False
+    # Kills while a task held a pool slot: its owner marker is left for the restart.
+    slot_kills: int = 0
+    # Kills that left worktrees, branches or refs behind for the restart to clean up.
+    leftover_kills: int = 0
+    kinds: set[str] = field(default_factory=set)
 
 
 # --------------------------------------------------------------------------- runners
@@ -145,7 +155,8 @@ def kill_at_random(
     seen = threading.Event()
     reader = threading.Thread(target=_reader, args=(proc, lines, seen), daemon=True)
     reader.start()
-    how = rng.choice(["time", "event", "worker"])
+    # The kinds of moment take turns, so that every few trials cover all three.
+    how = ("time", "event", "worker")[(trial.n + trial.kills) % 3]
     # A daemon never ends by itself: when no event comes (nothing left to run), kill anyway.
     deadline = time.monotonic() + 2 * horizon
     if how == "time":
@@ -180,23 +191,33 @@ def kill_at_random(
     reader.join(timeout=10)
     trial.kills += 1
     trial.kill_moments.append(moment)
+    trial.kinds.add(how)
     return True
 
 
 def record_workers(spec: Path, trial: Trial) -> None:
     """The worker groups the killed runner had recorded (to check they die later), and
-    whether it died with work left (tasks.json not yet all ``pass``)."""
+    what it left: work (tasks.json not yet all ``pass``), held pool slots, git state."""
     try:
         statuses = [t.get("status") for t in read_tasks(spec).values()]
     except (OSError, ValueError):
         statuses = []
     trial.mid_run_kills += any(s != "pass" for s in statuses)
-    trial.nothing_pending_at_restart = bool(statuses) and all(s == "pass" for s in statuses)
+    repo = spec.parent.parent
+    trial.slot_kills += any(Workspace(repo).pool_dir.glob("*.owner"))
+    trial.leftover_kills += bool(leftovers(repo, [SPEC], JOBS))
     for rec in (spec / ".specexec" / "workers").glob("*.json"):
         try:
             trial.recorded_groups.add(int(json.loads(rec.read_text())["pgid"]))
         except (OSError, ValueError, KeyError):
             continue
+
+
+def kills_in_a_row(rng: random.Random) -> int:
+    """Usually one kill before the restart; sometimes the restart is killed too, and
+    sometimes its restart as well."""
+    r = rng.random()
+    return 1 + (r < 0.25) + (r < 0.08)
 
 
 def run_task_event(line: str) -> bool:
@@ -205,7 +226,7 @@ def run_task_event(line: str) -> bool:
 
 def chaos_run(repo: Path, spec: Path, rng: random.Random, trial: Trial) -> None:
     argv = [PY, "-m", "specexec", "run", str(spec), "--jobs", str(JOBS), "--json"]
-    for _ in range(1 + (rng.random() < 0.25)):  # sometimes the restart is killed too
+    for _ in range(kills_in_a_row(rng)):
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:
             if kill_at_random(proc, rng, run_task_event, trial, horizon=2.0, spec=spec):
@@ -234,7 +255,7 @@ def chaos_watch(repo: Path, spec: Path, rng: random.Random, trial: Trial) -> Non
 def _watch_once(
     argv: list[str], env: dict[str, str], spec: Path, rng: random.Random, trial: Trial
 ) -> None:
-    for _ in range(1 + (rng.random() < 0.25)):
+    for _ in range(kills_in_a_row(rng)):
         proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )
@@ -267,22 +288,27 @@ def serve_until_settled(argv: list[str], env: dict[str, str], spec: Path) -> Non
             return all(s in ("pass", "fail", "blocked") for s in statuses)
 
         def settled() -> bool:
-            # Every task done, and every run the daemon started has ended (its end,
-            # branch deletion and final flush, follows the last write of tasks.json).
+            # Every task done, every run the daemon started has ended (its end, branch
+            # deletion and final flush, follow the last write of tasks.json), and what
+            # the killed daemon left is cleaned up: the restarted one has looked at it.
             started = sum(f"[{SPEC}] run: " in line for line in log)
-            return all_done() and started == sum(" finished: " in line for line in log)
+            return (
+                all_done()
+                and started == sum(" finished: " in line for line in log)
+                and not leftovers(spec.parent.parent, [SPEC], JOBS)
+            )
 
-        # The daemon must be up (its signal handlers set) and have looked at the folder.
+        # The daemon must be up (its signal handlers set) before it is stopped.
         up = wait_until(lambda: any("specexec watch: --jobs" in x for x in log), timeout=60)
         finished = up and wait_until(settled, timeout=120, interval=0.1)
-        if finished:  # quiet for a moment: no run starts after its first look
-            time.sleep(0.5)
-            finished = wait_until(settled, timeout=120, interval=0.1)
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)
         reader.join(timeout=10)
         assert finished, "".join(log[-40:])
         assert code == 0, "".join(log[-40:])
+        # No run was left unfinished by the stop (none started after the work was done).
+        started = sum(f"[{SPEC}] run: " in line for line in log)
+        assert started == sum(" finished: " in line for line in log), "".join(log[-40:])
         assert not [x for x in log if "Traceback" in x or "internal error" in x], "".join(log)
     finally:
         if proc.poll() is None:
@@ -306,6 +332,10 @@ def check_trial(repo: Path, spec: Path, trial: Trial, parser: Parser, mode: str)
     for t in SHAPE:
         assert sum(s.startswith(f"{t}:") for s in subjects) == 1, (t, subjects)
         assert git(repo, "show", f"specexec/{SPEC}:out/{t}.txt") == f"change of {t}"
+        touching = git(repo, "log", "--format=%H", "--no-merges", f"specexec/{SPEC}", "--",
+                       f"out/{t}.txt")  # fmt: skip
+        assert len(touching.splitlines()) == 1, (t, touching)  # merged exactly once
+    assert git(repo, "stash", "list") == ""
     assert not parser.errors, parser.errors[:3]
     events = (spec / ".specexec" / "events.jsonl").read_text().splitlines()
     for line in events:
@@ -314,10 +344,24 @@ def check_trial(repo: Path, spec: Path, trial: Trial, parser: Parser, mode: str)
     assert leftovers(repo, [SPEC], JOBS) == []
     survivors = [g for g in trial.recorded_groups if group_alive(g)]
     assert not survivors, f"worker groups recorded by the killed runner survived: {survivors}"
-    gone = wait_until(lambda: not spec_processes(spec), timeout=2)
-    assert gone, [(p.pid, os.getpgid(p.pid), p.cmdline()) for p in spec_processes(spec)]
+    gone = wait_until(lambda: not spec_processes(spec) and not repo_processes(repo), timeout=2)
+    assert gone, (
+        [(p.pid, os.getpgid(p.pid), p.cmdline()) for p in spec_processes(spec)],
+        repo_processes(repo),
+    )
     assert list((spec / ".specexec" / "workers").glob("*.json")) == []
     assert RunLock.holder(spec) is None
+
+
+def repo_processes(repo: Path) -> list[str]:
+    """Processes working inside the repository (a git or worker left running)."""
+    top = str(repo.resolve())
+    found = []
+    for p in psutil.process_iter(["pid", "cwd", "cmdline"]):
+        cwd = p.info.get("cwd") or ""
+        if cwd == top or cwd.startswith(top + "/"):
+            found.append(f"{p.info['pid']} {p.info.get('cmdline')}")
+    return found
 
 
 def one_trial(base: Path, n: int, mode: str) -> Trial:
@@ -368,8 +412,8 @@ def summary(mode: str, trials: list[Trial]) -> str:
         f"with tasks left to run; {sum(t.kills > 1 for t in trials)} trials killed twice), "
         f"{groups} orphaned worker groups recorded and found dead, "
         f"{sum(t.reads for t in trials)} reads of tasks.json all parsed; "
-        f"{sum(t.nothing_pending_at_restart for t in trials)} last kills with every task "
-        "passed; trial median "
+        f"{sum(t.slot_kills for t in trials)} kills with a pool slot held, "
+        f"{sum(t.leftover_kills for t in trials)} that left git state to clean; trial median "
         f"{secs[len(secs) // 2]:.1f}s (checks {sum(t.check_seconds for t in trials) / len(trials):.1f}s)"
     )
 
@@ -378,21 +422,28 @@ def summary(mode: str, trials: list[Trial]) -> str:
 CHAOS_TIMEOUT = pytest.mark.timeout(120 + 20 * TRIALS)
 
 
+def check_the_kills_hit(trials: list[Trial]) -> None:
+    """The trials proved something: the kills came mid-run, at every kind of moment,
+    while tasks held pool slots and worker groups, leaving git state to clean up."""
+    assert sum(t.mid_run_kills > 0 for t in trials) >= 0.7 * len(trials)
+    assert set().union(*(t.kinds for t in trials)) == {"time", "event", "worker"}
+    assert sum(t.slot_kills for t in trials) > 0
+    assert sum(t.leftover_kills for t in trials) > 0
+    assert sum(len(t.recorded_groups) for t in trials) > 0
+
+
 @CHAOS_TIMEOUT
 def test_sigkill_run_at_random_moments_then_restart(tmp_path: Path) -> None:
     trials = run_trials(tmp_path, "run")
     print(summary("run", trials))
-    # Most trials must really have been killed mid-run, not after the run ended.
-    assert sum(t.mid_run_kills > 0 for t in trials) >= 0.7 * len(trials)
-    assert sum(len(t.recorded_groups) for t in trials) > 0
+    check_the_kills_hit(trials)
 
 
 @CHAOS_TIMEOUT
 def test_sigkill_watch_at_random_moments_then_restart(tmp_path: Path) -> None:
     trials = run_trials(tmp_path, "watch")
     print(summary("watch", trials))
-    assert sum(t.mid_run_kills > 0 for t in trials) >= 0.7 * len(trials)
-    assert sum(len(t.recorded_groups) for t in trials) > 0
+    check_the_kills_hit(trials)
 
 
 def test_a_restart_removes_merged_branches_left_after_the_final_write(tmp_path: Path) -> None:

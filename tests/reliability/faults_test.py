@@ -99,7 +99,9 @@ def test_disk_full_leaves_tasks_json_intact_and_a_rerun_finishes(
         {sx} plan {q(str(spec))} --write --jobs 1 > /dev/null 2> {q(str(out / "plan.err"))}
         echo $? > {q(str(out / "plan.rc"))}
         cp {q(str(spec / "tasks.json"))} {q(str(out / "after-plan.json"))}
-        kill "$(cat {q(str(tmp_path / "filler.pid"))})"; sleep 0.1
+        filler=$(cat {q(str(tmp_path / "filler.pid"))}); kill "$filler"
+        # Until it has exited (a zombie holds no file open), for at most 10 s.
+        i=0; while [ $i -lt 1000 ] && [ -d /proc/$filler ] && ! grep -q '^State:[[:space:]]*Z' /proc/$filler/status 2>/dev/null; do sleep 0.01; i=$((i+1)); done
         rm {q(str(spec / "filler"))}
         {sx} run {q(str(spec))} --jobs 2 > {q(str(out / "rerun.out"))} 2> {q(str(out / "rerun.err"))}
         echo $? > {q(str(out / "rerun.rc"))}

@@ -20,8 +20,7 @@ import os
 import struct
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import psutil
@@ -52,17 +51,6 @@ def _text(stream: io.TextIOWrapper) -> str:
     buf = stream.buffer
     assert isinstance(buf, io.BytesIO)
     return buf.getvalue().decode("utf-8", "replace")
-
-
-def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Poll ``pred`` until it holds or ``timeout`` seconds pass; its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if pred():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
 
 
 # --------------------------------------------------------------------------- processes
@@ -110,8 +98,10 @@ def leftovers(repo: Path, specs: Sequence[str], jobs: int) -> list[str]:
     """What a finished run left behind that it should not have: worktrees other than the
     repository's own and at most ``jobs`` pool slots, task branches, base refs, and
     half-removed worktree directories."""
-    common = Path(git(repo, "rev-parse", "--path-format=absolute", "--git-common-dir")).resolve()
-    pool = common / "specexec" / "pool"
+    from specexec.git.workspace import Workspace
+
+    ws = Workspace(repo)
+    pool = ws.pool_dir
     problems = []
     listing = git(repo, "worktree", "list", "--porcelain")
     paths = [
@@ -131,7 +121,7 @@ def leftovers(repo: Path, specs: Sequence[str], jobs: int) -> list[str]:
     problems += [
         f"ref left: {r}" for r in refs if r not in allowed and not r.startswith("refs/tags/")
     ]
-    wt_dir = common / "specexec" / "worktrees"
+    wt_dir = ws.worktrees_dir
     if wt_dir.is_dir():
         problems += [
             f"worktree files left: {p}"

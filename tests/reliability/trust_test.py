@@ -21,9 +21,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import PY, git, init_repo, read_tasks, task, write_spec
+from conftest import PY, git, init_repo, read_tasks, task, wait_until, write_spec
 
-from reliability.support import call_main, kill_tree, wait_until
+from reliability.support import call_main, kill_tree
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 

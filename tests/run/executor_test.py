@@ -198,7 +198,9 @@ def test_conflicting_changes_fail_without_losing_work(repo: Path) -> None:
     assert git(repo, "rev-parse", "HEAD~1") == head
     assert (repo / "README.md").read_bytes() == before["README.md"]
     assert not list(repo.joinpath(".git").rglob("MERGE_HEAD"))
-    assert "scope" not in loser  # both declared files they did not touch: a warning only
+    # Both changed a file they did not declare: recorded, a warning only (the loser
+    # failed on the conflict, not on its scope).
+    assert loser["scope_violations"] == ["README.md"]
     assert winner["scope_violations"] == ["README.md"]
 
 

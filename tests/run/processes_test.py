@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import wait_until
 
 from specexec.run.processes import (
     ATTEMPT_HEADER,
@@ -41,15 +42,6 @@ def live_in_group(pgid: int) -> list[int]:
         except (ProcessLookupError, psutil.Error):
             continue
     return alive
-
-
-def wait_for(predicate: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @pytest.fixture
@@ -328,10 +320,10 @@ def _start_runner(tmp_path: Path, groups: list[int]) -> tuple[subprocess.Popen[b
     script = tmp_path / "runner.py"
     script.write_text(RUNNER)
     runner = subprocess.Popen([PY, str(script), str(registry), str(tmp_path / "w.log"), str(ready)])
-    assert wait_for(lambda: ready.exists() and ready.read_text())
+    assert wait_until(lambda: ready.exists() and ready.read_text(), 10)
     pgid, guardian = map(int, ready.read_text().split())
     groups.append(pgid)
-    assert wait_for(lambda: len(live_in_group(pgid)) >= 2)  # sh and its two sleeps
+    assert wait_until(lambda: len(live_in_group(pgid)) >= 2, 10)  # sh and its two sleeps
     return runner, pgid, guardian
 
 
@@ -350,8 +342,8 @@ def test_the_guardian_stops_the_workers_of_a_sigkilled_runner(
         runner.wait()
     # Nobody calls a sweep: the guardian sees its runner die and stops the whole group
     # (the leader and the two sleeps it started), then exits.
-    assert wait_for(lambda: not live_in_group(pgid)), "the worker group outlived its runner"
-    assert wait_for(lambda: not psutil.pid_exists(guardian) or _zombie(guardian))
+    assert wait_until(lambda: not live_in_group(pgid), 10), "the worker group outlived its runner"
+    assert wait_until(lambda: not psutil.pid_exists(guardian) or _zombie(guardian), 10)
     assert list(registry.glob("*.json")) == []
 
 

@@ -100,7 +100,7 @@ def test_default_prompt_carries_everything_the_worker_needs(tmp_path: Path) -> N
         in text
     )
     assert "specexec runs `pytest -q tests/api`" in text
-    assert "`SPECEXEC_RESULT_FILE`" in text
+    assert "`$SPECEXEC_RESULT_FILE`" in text  # the default result_file: the variable
     assert '"status": "pass|fail|blocked"' in text and '"data": []' in text
     assert text.rstrip().endswith("**TASK COMPLETE**")
 

@@ -293,7 +293,9 @@ def test_incremental_encoding_is_the_full_encoding(
                 if isinstance(items[i], dict) and op == "set":
                     items[i][args[1]] = args[2]
                 elif isinstance(items[i], dict):  # deep inside the task
-                    items[i].setdefault("n", {"l": []})["l"] = [args[1]]
+                    if not isinstance(items[i].get("n"), dict):  # generated tasks may hold any "n"
+                        items[i]["n"] = {}
+                    items[i]["n"]["l"] = [args[1]]
         elif op == "top":
             doc[args[0]] = args[1]
         elif op == "move" and args[0] in doc:

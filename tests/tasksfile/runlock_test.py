@@ -12,14 +12,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 from conftest import PY, read_tasks, task, write_spec
 
 from specexec.errors import Busy
+from specexec.run.recovery import recover_in_progress
 from specexec.tasksfile.events import EventLog, read_events
-from specexec.tasksfile.runlock import RunLock, recover_in_progress
+from specexec.tasksfile.runlock import RunLock
 from specexec.tasksfile.store import TasksStore
 
 HOLDER = """
@@ -30,9 +32,12 @@ lock.acquire()
 if len(sys.argv) > 2:  # leave a forked child behind (it must not inherit the lock)
     pid = os.fork()
     if pid == 0:
+        # The at-fork hook has run by now: say so, so that the test never kills the
+        # holder while the child may still share the lock's file description.
+        os.write(1, b"forked\\n")  # one write: the two processes share the pipe
         sys.stdin.readline()
         os._exit(0)
-    print("grandchild", pid, flush=True)
+    os.write(1, f"grandchild {pid}\\n".encode())
 print("locked", flush=True)
 sys.stdin.readline()  # hold the lock until told to let go
 lock.release()
@@ -48,11 +53,16 @@ def _start_holder(spec: Path, *extra: str) -> subprocess.Popen[str]:
         text=True,
     )
     assert proc.stdout is not None
-    line = proc.stdout.readline()
-    while line.startswith("grandchild"):
-        proc.grandchild = int(line.split()[1])  # type: ignore[attr-defined]
+    # The holder and its forked child write to the same pipe, in either order.
+    want = {"locked", "grandchild", "forked"} if extra else {"locked"}
+    seen: set[str] = set()
+    while seen != want:
         line = proc.stdout.readline()
-    assert line == "locked\n"
+        word = line.split(" ", 1)[0].strip()
+        assert word in want, f"holder said {line!r}"
+        seen.add(word)
+        if word == "grandchild":
+            proc.grandchild = int(line.split()[1])  # type: ignore[attr-defined]
     return proc
 
 
@@ -64,10 +74,10 @@ def spec(tmp_path: Path) -> Iterator[Path]:
 def test_a_second_runner_is_refused_at_once_with_who_holds_it(spec: Path) -> None:
     holder = _start_holder(spec)
     try:
-        start = time.monotonic()
+        lock = CountingLock(spec)
         with pytest.raises(Busy) as info:
-            RunLock(spec).acquire()
-        assert time.monotonic() - start < 1.0
+            lock.acquire()
+        assert lock.tries == 1  # at once: refused on the first try, no polling
         msg = str(info.value)
         assert msg.startswith(
             f"spec folder {spec} is being run by pid {holder.pid} on host {socket.gethostname()} since "
@@ -94,35 +104,46 @@ def test_two_locks_in_one_process_exclude_each_other(spec: Path) -> None:
 def test_wait_gets_the_lock_once_the_holder_releases_it(spec: Path) -> None:
     holder = _start_holder(spec)
     got: list[RunLock] = []
-    waiter = threading.Thread(target=lambda: got.append(_acquire_waiting(spec)))
-    waiter.start()
-    deadline = time.monotonic() + 0.3
-    while time.monotonic() < deadline:
-        assert not got, "acquired while another process held the lock"
-        time.sleep(0.01)
+    waiter = CountingLock(spec, wait=True, poll_interval=0.02)
+    thread = threading.Thread(target=lambda: (waiter.acquire(), got.append(waiter)))
+    thread.start()
+    # Tried and refused several times while the other process holds the lock.
+    assert waiter.refused.wait(timeout=30), "the waiter never tried"
+    assert not got, "acquired while another process held the lock"
     assert holder.stdin is not None and holder.stdout is not None
     holder.stdin.write("go\n")
     holder.stdin.flush()
     assert holder.stdout.readline() == "released\n"
-    waiter.join(timeout=30)
+    thread.join(timeout=30)
     assert got and got[0].held
     got[0].release()
     holder.communicate(timeout=30)
 
 
-def _acquire_waiting(spec: Path) -> RunLock:
-    lock = RunLock(spec, wait=True, poll_interval=0.02)
-    lock.acquire()
-    return lock
+class CountingLock(RunLock):
+    """A RunLock that says when it has been refused three times."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.tries = 0
+        self.refused = threading.Event()
+
+    def _try(self) -> bool:
+        ok = super()._try()
+        self.tries += 1
+        if not ok and self.tries >= 3:
+            self.refused.set()
+        return ok
 
 
 def test_wait_with_a_timeout_gives_up(spec: Path) -> None:
     holder = _start_holder(spec)
     try:
+        lock = CountingLock(spec)
         start = time.monotonic()
         with pytest.raises(Busy, match=r"gave up after waiting 0\.3 s"):
-            RunLock(spec).acquire(wait=True, timeout=0.3)
-        assert 0.3 <= time.monotonic() - start < 2.0
+            lock.acquire(wait=True, timeout=0.3)
+        assert time.monotonic() - start >= 0.3 and lock.tries >= 2  # it waited, polling
     finally:
         holder.communicate("go\n", timeout=30)
 

@@ -49,9 +49,7 @@ PH = {
 
 def inv(worker: WorkerConfig | None, task: Task | None = None, ph: dict[str, str] = PH) -> Any:
     task = task or make_task(command="make test")
-    return build_invocation(
-        worker, task, Spec(dir=Path("/specs/demo"), name="demo", tasks=(task,)), ph
-    )
+    return build_invocation(worker, task, ph)
 
 
 # --------------------------------------------------------------------------- command lines
@@ -70,7 +68,16 @@ def test_each_preset_runs_the_documented_non_interactive_command() -> None:
     )
     assert claude.stdin_prompt and claude.preset == "claude"
     codex = inv(WorkerConfig(preset="codex"))
-    assert codex.command == ("codex", "exec", "--sandbox", "workspace-write", "--json", "-")
+    assert codex.command == (
+        "codex",
+        "exec",
+        "--sandbox",
+        "workspace-write",
+        "--json",
+        "-c",
+        "analytics.enabled=false",
+        "-",
+    )
     assert codex.stdin_prompt
     aider = inv(WorkerConfig(preset="aider"))
     assert aider.command[0] == "aider"
@@ -229,7 +236,6 @@ def agent_run(tmp_path: Path) -> Any:
         invocation = build_invocation(
             worker,
             task,
-            spec,
             {
                 "prompt_file": str(prompt_file),
                 "task_id": task.id,

@@ -1,0 +1,228 @@
+"""``specexec run`` with the ``claude`` preset exactly as shipped, driving the real Claude
+Code CLI against the scripted Anthropic model on 127.0.0.1.
+
+The worker environment holds only what a user would set for their endpoint: the agents'
+bin folder on PATH, a throwaway HOME, ``ANTHROPIC_BASE_URL`` and ``ANTHROPIC_API_KEY``; the
+plugin's own env defaults (no non-essential traffic, ...) come from specexec. The 401 test
+also sets ``CLAUDE_CODE_MAX_RETRIES=0``: the CLI's default retries a 401 ten times (about
+three minutes, FINDINGS_claude.md).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import proto_anthropic
+import pytest
+from modelserver import ModelServer, Reply
+from support import (
+    base_env,
+    branch_files,
+    conf_task,
+    require_cli,
+    run_specexec,
+    spec_repo,
+    tasks_by_id,
+    three_tasks,
+)
+
+from specexec.workers.claude import AGENT
+
+TIMEOUT = 120.0  # per specexec run; each normally takes 3-8 s
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(autouse=True)
+def claude() -> Path:
+    return require_cli("claude")
+
+
+@pytest.fixture
+def server() -> Iterator[ModelServer]:
+    with ModelServer(proto_anthropic.ROUTES) as srv:
+        yield srv
+
+
+def claude_env(server: ModelServer, tmp_path: Path, **extra: str) -> dict[str, str]:
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return {
+        **base_env(home),
+        "ANTHROPIC_BASE_URL": server.url,
+        "ANTHROPIC_API_KEY": "sk-ant-scripted-0000",
+        **extra,
+    }
+
+
+def run(repo: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    ran = run_specexec(repo, env, timeout=TIMEOUT)
+    assert_worktrees_outside(repo)
+    return ran
+
+
+def write_tasks(repo: Path, tasks: list[dict[str, object]]) -> None:
+    """Replace the spec's tasks (when they must name the repository's own path)."""
+    path = repo / "specs" / "conf" / "tasks.json"
+    doc = json.loads(path.read_text())
+    doc["tasks"] = tasks
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "commit", "-qam", "tasks"], cwd=repo, check=True)
+
+
+def why(ran: subprocess.CompletedProcess[str], repo: Path) -> str:
+    return f"exit {ran.returncode}\n{ran.stdout[-3000:]}\n{ran.stderr[-3000:]}\n{tasks_by_id(repo)}"
+
+
+def result_of(task: dict[str, Any]) -> dict[str, Any]:
+    res = task.get("result")
+    assert isinstance(res, dict), task
+    return res
+
+
+def blocker_of(task: dict[str, Any]) -> str:
+    blocker = task.get("blocker")
+    assert isinstance(blocker, str), task
+    return blocker
+
+
+def assert_worktrees_outside(repo: Path) -> list[Path]:
+    """No worktree of the repository lives under its ``.git/`` or inside its work tree;
+    returns the linked worktrees."""
+    out = subprocess.run(
+        ["git", "worktree", "list", "--porcelain"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    paths = [
+        Path(line[len("worktree ") :]) for line in out.splitlines() if line.startswith("worktree ")
+    ]
+    assert paths and paths[0] == repo.resolve(), out
+    for path in paths[1:]:
+        assert not path.is_relative_to(repo.resolve()), out
+    return paths[1:]
+
+
+def assert_only_model_calls(server: ModelServer) -> None:
+    """Every request was a main-loop model call: with the plugin's
+    CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC default there is no tool-less title call."""
+    assert server.requests
+    for req in server.requests:
+        assert req.path == "/v1/messages?beta=true", req.path
+        assert req.json().get("tools"), "a side call reached the server"
+
+
+def test_three_tasks_pass_and_merge_with_jobs_2(server: ModelServer, tmp_path: Path) -> None:
+    spec = three_tasks("claude")
+    # C also writes specexec's result file, as the prompt asks: never on the branch.
+    result = '{"status": "pass", "files_created": ["claude_c.txt"]}'
+    spec[2]["summary"] = f"{spec[2]['summary']} [[write .specexec-result.json: {result}]]"
+    repo = spec_repo(tmp_path, spec, worker="claude")
+    ran = run(repo, claude_env(server, tmp_path))
+    assert ran.returncode == 0, why(ran, repo)
+    files = branch_files(repo)
+    assert files["claude_a.txt"] == "alpha from claude"
+    assert files["claude_b.txt"] == "beta from claude"
+    assert files["claude_c.txt"] == "gamma from claude"
+    # Nothing the agent or specexec wrote for itself reached the branch.
+    assert set(files) == {"README.md", "specs/conf/tasks.json", *(f"claude_{x}.txt" for x in "abc")}
+    assert AGENT.leaves == ()  # the CLI writes only under $HOME
+    tasks: dict[str, Any] = tasks_by_id(repo)
+    assert set(tasks) == {"A", "B", "C"}
+    for task_id, task in tasks.items():
+        assert task["status"] == "pass", (task_id, task)
+        assert not task.get("scope_violations"), task
+        res = result_of(task)
+        assert res["status"] == "pass" and not res.get("denials"), res
+        assert res["tokens"]["input"] > 0 and res["tokens"]["output"] > 0, res
+        assert res["cost_usd"] > 0, res
+        assert task.get("commit"), task  # merged (a conflict would fail the task)
+    assert result_of(tasks["C"])["source"] == "result_file"
+    # A and B ran at the same time (two claude processes, one HOME) and merged cleanly.
+    a, b = tasks["A"], tasks["B"]
+    assert a["started_at"] < b["completed_at"] and b["started_at"] < a["completed_at"]
+    assert "conflict" not in (ran.stdout + ran.stderr).lower()
+    assert_only_model_calls(server)
+    # The pool's worktrees are in SPECEXEC_WORKTREE_DIR (run_specexec: $HOME/worktrees).
+    linked = assert_worktrees_outside(repo)
+    assert linked and all(p.is_relative_to(tmp_path / "home" / "worktrees") for p in linked)
+
+
+def test_model_reported_fail_fails_the_task_and_blocks_its_dependent(
+    server: ModelServer, tmp_path: Path
+) -> None:
+    tasks = [
+        conf_task("A", ["a.txt"], "[[write a.txt: a]] [[status fail: tests do not pass]]"),
+        conf_task("B", ["b.txt"], "[[write b.txt: b]]", ("A",)),
+    ]
+    repo = spec_repo(tmp_path, tasks, worker="claude")
+    ran = run(repo, claude_env(server, tmp_path))
+    assert ran.returncode == 1, why(ran, repo)
+    by_id = tasks_by_id(repo)
+    assert by_id["A"]["status"] == "fail", by_id
+    assert "tests do not pass" in blocker_of(by_id["A"])
+    assert by_id["B"]["status"] == "blocked", by_id
+    assert "a.txt" not in branch_files(repo)
+
+
+def test_http_401_fails_the_task_quickly(server: ModelServer, tmp_path: Path) -> None:
+    server.fail_with = Reply(401, {"error": {"message": "invalid x-api-key"}})
+    repo = spec_repo(tmp_path, [conf_task("A", ["a.txt"], "[[write a.txt: a]]")], worker="claude")
+    start = time.monotonic()
+    ran = run(repo, claude_env(server, tmp_path, CLAUDE_CODE_MAX_RETRIES="0"))
+    assert ran.returncode == 1, why(ran, repo)
+    assert time.monotonic() - start < 60
+    assert 1 <= len(server.requests) <= 4  # one call per attempt: no retries by the CLI
+    task = tasks_by_id(repo)["A"]
+    assert task["status"] == "fail", task
+    assert "API status 401" in blocker_of(task) and "Invalid API key" in blocker_of(task)
+    assert "a.txt" not in branch_files(repo)
+
+
+@pytest.mark.parametrize("where", ["repo_git_dir", "outside"])
+def test_a_denied_edit_is_a_fail_even_when_other_files_changed(
+    server: ModelServer, tmp_path: Path, where: str
+) -> None:
+    # The agent writes its own file (accepted) and one it is denied: into the repository's
+    # git folder (a sensitive file, outside the worktree) or elsewhere outside the worktree.
+    # The scripted model still says pass, and the real CLI exits 0 with is_error false.
+    repo = spec_repo(tmp_path, [], worker="claude")
+    target = repo / ".git" / "x" if where == "repo_git_dir" else tmp_path / "outside.txt"
+    tasks = [conf_task("A", ["a.txt"], f"[[write a.txt: a]] [[write {target}: secret]]")]
+    write_tasks(repo, tasks)
+    ran = run(repo, claude_env(server, tmp_path))
+    assert ran.returncode == 1, why(ran, repo)
+    task = tasks_by_id(repo)["A"]
+    assert task["status"] == "fail", task
+    assert f"claude was denied an edit: Write {target}" in blocker_of(task)
+    assert result_of(task)["denials"] == [f"Write {target}"]
+    assert "a.txt" not in branch_files(repo)
+    assert not target.exists()
+
+
+def test_a_denied_edit_is_a_fail_even_with_a_pass_result_file(
+    server: ModelServer, tmp_path: Path
+) -> None:
+    # The agent also writes specexec's result file saying pass, as the prompt asks.
+    repo = spec_repo(tmp_path, [], worker="claude")
+    target = repo / ".git" / "x"
+    result = '{"status": "pass", "files_created": ["a.txt"]}'
+    directives = (
+        f"[[write a.txt: a]] [[write {target}: secret]] [[write .specexec-result.json: {result}]]"
+    )
+    write_tasks(repo, [conf_task("A", ["a.txt"], directives)])
+    ran = run(repo, claude_env(server, tmp_path))
+    assert ran.returncode == 1, why(ran, repo)
+    task = tasks_by_id(repo)["A"]
+    assert task["status"] == "fail", task
+    assert result_of(task)["source"] == "result_file"
+    assert "claude was denied an edit" in blocker_of(task)
+    assert not target.exists()
+    assert ".specexec-result.json" not in branch_files(repo)
