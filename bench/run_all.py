@@ -40,6 +40,7 @@ SCRIPTS = [
     "git_cost",
     "run_rss",
     "daemon_idle",
+    "fleet",
     "schedule_quality",
 ]
 FOREIGN = {"plan_scale", "git_cost"}  # not ours: no --json, read their printed table

@@ -22,6 +22,7 @@ samples, all threads) and prints where the time goes.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import shutil
 import subprocess
@@ -62,7 +63,12 @@ def run_specexec(spec: Path, tasks: list[BenchTask], jobs: int, repo: Path) -> M
     write_spec(spec, tasks)  # every run starts from all-pending
     shutil.rmtree(spec / ".specexec", ignore_errors=True)
     argv = [*SPECEXEC, "run", str(spec.relative_to(repo)), "--isolation", "none"]
-    return check(measure([*argv, "--jobs", str(jobs)], cwd=repo), "specexec run")
+    m = measure([*argv, "--jobs", str(jobs)], cwd=repo)
+    if m.returncode != 0:  # say why: the log's tail only lists the last tasks
+        doc = json.loads((spec / "tasks.json").read_text())
+        failed = [(t["id"], t.get("blocker")) for t in doc["tasks"] if t["status"] == "fail"]
+        m.stderr += f"\nfailed tasks (id, blocker): {failed}"
+    return check(m, "specexec run")
 
 
 def profile(spec: Path, tasks: list[BenchTask], jobs: int, repo: Path, top: int = 18) -> str:

@@ -25,7 +25,7 @@ import signal
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -50,7 +50,7 @@ from watchdog.observers.polling import PollingObserverVFS
 from specexec import system
 from specexec.errors import EXIT_INTERRUPTED, EXIT_OK, Busy, InvalidInput, SpecexecError
 from specexec.git.repo import find_repo_root
-from specexec.run import recovery
+from specexec.run import checks, recovery
 from specexec.run.executor import RunOptions
 from specexec.run.progress import clean, describe
 from specexec.run.report import summary_lines
@@ -284,8 +284,11 @@ class Daemon:
         busy_retry_s: float = 2.0,
         kill_grace_s: float = 1.0,
         native_observer: Callable[[], BaseObserver] = Observer,
+        run_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.root = Path(os.path.abspath(root))
+        # More RunOptions for every run (--max-cost, --max-memory-percent, ...).
+        self.run_options = dict(run_options or {})
         if not self.root.is_dir():
             raise InvalidInput(f"{root}: no such directory")
         self.jobs = jobs
@@ -545,8 +548,15 @@ class Daemon:
             self._retry[spec_dir] = time.monotonic() + self.busy_retry_s
             return
         self._busy_noted.discard(spec_dir)
+        opts = RunOptions(
+            jobs=self.jobs, allow_commands=allow, grace_s=self.kill_grace_s, **self.run_options
+        )
+        # The run's own start-up checks (read-only), first: a folder they refuse is logged
+        # as refused, never as a run that is about to start.
+        if problems := checks.problems(spec, opts):
+            self._refuse(spec_dir, sig, f"{len(problems)} problem(s) refuse the run", problems)
+            return
         clear_refusal(spec_dir)
-        opts = RunOptions(jobs=self.jobs, allow_commands=allow, grace_s=self.kill_grace_s)
         running = _Running(spec_dir, spec.name, repo, pending)
         running.thread = threading.Thread(
             target=self._run_thread,

@@ -12,8 +12,7 @@ from typing import Final
 # turns "exe.txt" into "txt.exe"), line and paragraph separators, the BOM, and lone
 # surrogates (which cannot even be encoded for output).
 _UNSAFE: Final = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff"
-    "\ud800-\udfff]"
+    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ud800-\udfff]"
 )
 _SPACES: Final = re.compile(r"[\t\n\r\v\f]+")
 # The longest line a message from a worker or a file may take; longer is cut.
@@ -49,14 +48,25 @@ def minutes(value: float | None) -> str:
     return f"{value:.1f}m"
 
 
-def seconds(value: float) -> str:
-    if value < 60:
+def duration(value: float) -> str:
+    """The one way a duration is shown: ``850ms``, ``5.7s``, ``12s``, ``4m10s``,
+    ``1h02m``."""
+    value = max(float(value), 0.0)
+    if value < 0.9995:
+        return f"{round(value * 1000)}ms"
+    if value < 9.95:
         return f"{value:.1f}s"
+    if value < 59.5:
+        return f"{round(value)}s"
     m, s = divmod(round(value), 60)
     if m < 60:
         return f"{m}m{s:02d}s"
     h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{s:02d}s"
+    return f"{h}h{m:02d}m"
+
+
+# The older name; every caller shows durations in one unit system.
+seconds = duration
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -90,3 +100,12 @@ def size(n: int) -> str:
     if n >= 1_000:
         return f"{n / 1e3:.1f} kB ({n:,} bytes)"
     return f"{n} bytes"
+
+
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """``' (did you mean "fmt-attr"?)'`` for a near miss among ``choices``, else ``''``:
+    a suffix for "unknown ..." messages."""
+    import difflib  # only on an error path
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""

@@ -36,47 +36,138 @@ def _number(
 _positive_int = _number(int, "a whole number", lambda v: v >= 1, "must be at least 1")
 _non_negative_int = _number(int, "a whole number", lambda v: v >= 0, "must be 0 or more")
 _positive_float = _number(float, "a number", lambda v: v > 0, "must be more than 0")
+_percent = _number(float, "a number", lambda v: 0 < v <= 100, "must be more than 0 and at most 100")
+
+
+def _fleet_flags(s: argparse.ArgumentParser) -> None:
+    """Budgets and the resource guard (issue 17), for `run` and `watch`."""
+    s.add_argument(
+        "--max-cost",
+        type=_positive_float,
+        metavar="USD",
+        help="start no task once the run's agent cost reaches this "
+        "(default: none, or tasks.json defaults.max_cost_usd)",
+    )
+    s.add_argument(
+        "--max-tokens",
+        type=_positive_int,
+        metavar="N",
+        help="start no task once the run's tokens (input + output) reach this "
+        "(default: none, or tasks.json defaults.max_tokens)",
+    )
+    s.add_argument(
+        "--max-memory-percent",
+        type=_percent,
+        metavar="PCT",
+        help="start no worker while memory use is above this (default: 85, "
+        "or $SPECEXEC_MAX_MEMORY_PERCENT)",
+    )
+    s.add_argument(
+        "--max-cpu-percent",
+        type=_percent,
+        metavar="PCT",
+        help="start no worker while CPU use over the last 5 s is above this (default: 90, "
+        "or $SPECEXEC_MAX_CPU_PERCENT)",
+    )
+
+
+def _fleet_options(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"max_cost_usd": args.max_cost, "max_tokens": args.max_tokens}
+    if args.max_memory_percent is not None:
+        out["max_memory_percent"] = args.max_memory_percent
+    if args.max_cpu_percent is not None:
+        out["max_cpu_percent"] = args.max_cpu_percent
+    return out
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the text already names one or
+    there is nothing to show (flags, options that default to unset)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if default in (None, False, argparse.SUPPRESS) or "default" in text or not text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+_SPEC_DIR = "a spec folder (holds tasks.json)"
+_SPEC_DIRS = "one or more spec folders"
+_JOBS = "workers running at once"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="specexec",
         description="Execute spec folders: plan, run each task in its own git worktree, merge.",
     )
     p.add_argument("--version", action="version", version=f"specexec {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # parser_class: the subcommands' --help shows defaults too.
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
     s = sub.add_parser("init", help="scaffold a spec folder from a template")
-    s.add_argument("spec_dir")
-    s.add_argument("--template", default="minimal", help="template name (default: minimal)")
+    s.add_argument(
+        "spec_dir", nargs="?", metavar="SPEC_DIR", help="the folder to create; --list needs none"
+    )
+    s.add_argument(
+        "--template", default="shell", help="shell, agent or mixed; --list describes them"
+    )
     s.add_argument("--list", action="store_true", help="list the templates and exit")
 
     s = sub.add_parser("validate", help="check spec folders (schema, graph, paths)")
-    s.add_argument("spec_dirs", nargs="+", metavar="SPEC_DIR")
+    s.add_argument("spec_dirs", nargs="+", metavar="SPEC_DIR", help=_SPEC_DIRS)
 
     s = sub.add_parser("plan", help="show waves, critical path and estimated speedup")
-    s.add_argument("spec_dir")
-    s.add_argument("--jobs", "-j", type=_positive_int, default=4)
-    s.add_argument("--format", choices=("table", "json", "mermaid", "dot"), default="table")
+    s.add_argument("spec_dir", help=_SPEC_DIR)
+    s.add_argument("--jobs", "-j", type=_positive_int, default=4, help=_JOBS)
+    s.add_argument(
+        "--format",
+        choices=("table", "json", "mermaid", "dot"),
+        default="table",
+        help="output format",
+    )
     s.add_argument("--write", action="store_true", help="store execution_strategy in tasks.json")
 
     s = sub.add_parser("run", help="run the pending tasks of spec folders")
-    s.add_argument("spec_dirs", nargs="+", metavar="SPEC_DIR")
-    s.add_argument("--jobs", "-j", type=_positive_int, default=4)
-    s.add_argument("--schedule", choices=("eager", "waves"), default="eager")
+    s.add_argument("spec_dirs", nargs="+", metavar="SPEC_DIR", help=_SPEC_DIRS)
+    s.add_argument(
+        "--jobs", "-j", type=_positive_int, default=4, help=_JOBS + ", all specs together"
+    )
+    s.add_argument(
+        "--schedule",
+        choices=("eager", "waves"),
+        default="eager",
+        help="eager: start a task once its blockers pass; waves: wave by wave",
+    )
     s.add_argument(
         "--worker", help="worker preset or command for every task (overrides tasks.json)"
     )
-    s.add_argument("--retries", type=_non_negative_int, help="max retries per task")
     s.add_argument(
-        "--timeout", type=_positive_float, metavar="MIN", help="timeout per attempt, minutes"
+        "--retries", type=_non_negative_int, help="max retries per task (default: tasks.json's)"
+    )
+    s.add_argument(
+        "--timeout",
+        type=_positive_float,
+        metavar="MIN",
+        help="timeout per attempt, minutes (default: tasks.json's)",
     )
     s.add_argument("--fail-fast", action="store_true", help="stop starting tasks after a failure")
     s.add_argument(
         "--strict-scope", action="store_true", help="changes outside relevant_files fail"
     )
     s.add_argument("--dry-run", action="store_true", help="show what would run, in order")
-    s.add_argument("--keep-worktrees", action="store_true")
+    s.add_argument(
+        "--keep-worktrees",
+        action="store_true",
+        help="keep every task's worktree (implies --no-pool)",
+    )
     s.add_argument("--json", action="store_true", help="one JSON event per line")
     s.add_argument("--wait", action="store_true", help="wait for another run of the spec to end")
     s.add_argument("--retry-failed", action="store_true", help="reset fail/blocked tasks first")
@@ -89,23 +180,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--no-pool", action="store_true", help="fresh worktree per task instead of the pool"
     )
+    _fleet_flags(s)
     s = sub.add_parser("status", help="show the state of each task")
-    s.add_argument("spec_dirs", nargs="+", metavar="SPEC_DIR")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("spec_dirs", nargs="+", metavar="SPEC_DIR", help=_SPEC_DIRS)
+    s.add_argument("--json", action="store_true", help="print JSON")
 
     s = sub.add_parser("reset", help="set tasks back to pending")
-    s.add_argument("spec_dir")
-    s.add_argument("task_ids", nargs="*", metavar="TASK_ID")
+    s.add_argument("spec_dir", help=_SPEC_DIR)
+    s.add_argument("task_ids", nargs="*", metavar="TASK_ID", help="only these tasks")
     s.add_argument("--failed", action="store_true", help="only fail and blocked tasks")
 
-    s = sub.add_parser("report", help="print or regenerate a run's report")
-    s.add_argument("spec_dir")
-    s.add_argument("--run", dest="run_id", help="run id (default: the latest)")
-    s.add_argument("--format", choices=("md", "json", "html"), default="md")
+    s = sub.add_parser("report", help="the whole spec: every task's latest outcome, all runs")
+    s.add_argument("spec_dir", help=_SPEC_DIR)
+    s.add_argument("--run", dest="run_id", help="one run's report (default: the whole spec)")
+    s.add_argument("--format", choices=("md", "json", "html"), default="md", help="output format")
 
     s = sub.add_parser("watch", help="run spec folders dropped into a directory")
-    s.add_argument("dir")
-    s.add_argument("--jobs", "-j", type=_positive_int, default=4)
+    s.add_argument("dir", help="the directory to watch, at any depth")
+    s.add_argument(
+        "--jobs", "-j", type=_positive_int, default=4, help=_JOBS + ", all specs together"
+    )
     s.add_argument("--polling", action="store_true", help="poll instead of native file events")
     s.add_argument(
         "--allow-commands",
@@ -117,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=10.0,
         metavar="SEC",
-        help="on SIGTERM, seconds running tasks get to finish (default 10)",
+        help="on SIGTERM, seconds running tasks get to finish",
     )
     s.add_argument(
         "--rescan",
@@ -125,9 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SEC",
         help="full rescan interval, a safety net for missed events (default 30)",
     )
+    _fleet_flags(s)
 
     s = sub.add_parser("hooks", help="install or remove specexec's git hooks")
-    s.add_argument("action", choices=("install", "uninstall"))
+    s.add_argument("action", choices=("install", "uninstall"), help="install or uninstall")
     s.add_argument(
         "--hook",
         action="append",
@@ -137,18 +232,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--repo", default=".", help="repository (default: current directory)")
 
-    s = sub.add_parser("hook-run", help=argparse.SUPPRESS)  # what installed hooks call
+    # What installed hooks call. No help=: argparse lists every subcommand given one, even
+    # help=SUPPRESS (it prints "==SUPPRESS=="), and COMMAND as metavar hides the choices.
+    s = sub.add_parser("hook-run")
     s.add_argument("hook_type")
     s.add_argument("hook_args", nargs="*")
 
     s = sub.add_parser("gc", help="remove stale worktrees and branches")
-    s.add_argument("repo", nargs="?", default=None)
+    s.add_argument("repo", nargs="?", default=None, help="repository (default: current directory)")
 
     sub.add_parser("schema", help="print the JSON Schema of tasks.json")
 
     s = sub.add_parser("demo", help="run the bundled example in a scratch repository")
-    s.add_argument("--dir", dest="path", help="where to create the scratch repository")
-    s.add_argument("--jobs", "-j", type=_positive_int, default=4)
+    s.add_argument(
+        "--dir", dest="path", help="where to create the scratch repository (default: a temp dir)"
+    )
+    s.add_argument("--jobs", "-j", type=_positive_int, default=4, help=_JOBS)
     return p
 
 
@@ -157,7 +256,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "init":
         from specexec.commands.init import init, list_templates
 
-        return list_templates() if args.list else init(args.spec_dir, args.template)
+        if args.list:
+            return list_templates()
+        if args.spec_dir is None:
+            raise InvalidInput("init needs a SPEC_DIR (or --list to see the templates)")
+        return init(args.spec_dir, args.template)
     if cmd == "validate":
         from specexec.commands.validate import validate
 
@@ -200,6 +303,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 clean_ignored=args.clean_ignored,
                 pool=not args.no_pool,
                 allow_commands=True,
+                **_fleet_options(args),
             ),
         )
     if cmd == "report":
@@ -216,6 +320,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             allow_commands=args.allow_commands,
             grace_s=args.grace,
             rescan_s=args.rescan,
+            run_options=_fleet_options(args),
         )
     if cmd == "hooks":
         from specexec.commands.hooks import hooks

@@ -27,6 +27,7 @@ OURS = {
     "daemon_idle": "The daemon",
     "run_rss": "Peak RSS",
     "startup": "Start-up and scale",
+    "fleet": "Simulated fleet",
 }
 VERDICT = {True: "yes", False: "**no**", None: "-"}  # common.verdict
 

@@ -371,6 +371,7 @@ def test_refuses_shell_commands_without_allow_commands(
     spec = watched / "sh"
     wait_for(lambda: f"{spec}: refused" in d.text(), 30, "the refusal")
     assert "--allow-commands" in d.text()
+    assert "[sh] run" not in d.text(), "a refused folder is not logged as a run"
     # An agent preset may always run (here the fake `claude` CLI of the tests).
     agent = write_spec(staging / "agent", [task("T1", files=["src/"])], worker="claude")
     os.rename(agent, watched / "agent")

@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import init_repo
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +35,7 @@ def test_wheel_works_without_the_checkout(tmp_path: Path) -> None:
     )
     (wheel,) = (tmp_path / "dist").glob("specexec-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "specexec/_data/templates/feature/tasks.json" in names
+    assert "specexec/_data/templates/agent/tasks.json" in names
     assert "specexec/_data/specs/textkit/tasks.json" in names
     assert "specexec/run/worker_prompt.md.j2" in names
     target = tmp_path / "site"
@@ -56,8 +57,8 @@ def test_wheel_works_without_the_checkout(tmp_path: Path) -> None:
     )
     # Dependencies come from this environment; specexec itself only from the wheel.
     env = {**os.environ, "PYTHONPATH": str(target), "PYTHONSAFEPATH": "1"}
-    work = tmp_path / "work"
-    work.mkdir()
+    # A repository: `validate` checks what `run` needs, and worktree tasks need one.
+    work = init_repo(tmp_path / "work")
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -78,7 +79,7 @@ def test_wheel_works_without_the_checkout(tmp_path: Path) -> None:
         check=True,
     )
     assert where.stdout.startswith(str(target))
-    for template in ("minimal", "feature"):
+    for template in ("shell", "agent", "mixed"):
         d = work / "specs" / template
         assert cli("init", str(d), "--template", template).returncode == 0
         assert cli("validate", str(d)).returncode == 0

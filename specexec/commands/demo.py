@@ -7,7 +7,6 @@ import tempfile
 from pathlib import Path
 
 from specexec.errors import InvalidInput
-from specexec.git.repo import log_graph
 from specexec.git.runner import run as git
 from specexec.resources import data_dir
 from specexec.run.executor import RunOptions
@@ -45,11 +44,10 @@ def demo(path: str | None = None, *, jobs: int = 4) -> int:
     spec_dir = _make_repo(dest.absolute())
     print(f"demo repository: {dest}")
     print(f"spec folder:     {spec_dir}\n")
-    code = run([str(spec_dir)], RunOptions(jobs=jobs))
-    runs = sorted((spec_dir / ".specexec" / "runs").glob("*/report.md"))
-    if runs:
-        print("\n" + runs[-1].read_text())
-    print(f"integration branch specexec/{EXAMPLE}:")
-    print(log_graph(dest, f"specexec/{EXAMPLE}"))
-    print(f"\nlook around: cd {dest} && git log --stat specexec/{EXAMPLE}")
+    code = run([str(spec_dir)], RunOptions(jobs=jobs))  # ends with the summary
+    branch = f"specexec/{EXAMPLE}"
+    commits = git(["rev-list", "--count", f"main..{branch}"], cwd=dest).text.strip()
+    print(f"\nintegration branch: {branch} ({commits} commit(s) on top of main)")
+    print(f"  git -C {dest} log --oneline --graph {branch}")
+    print(f"full report: specexec report {spec_dir}")
     return code

@@ -1,4 +1,6 @@
-"""`specexec init SPEC_DIR [--template NAME]`: scaffold a spec folder from templates/."""
+"""`specexec init SPEC_DIR [--template NAME]`: scaffold a spec folder from templates/:
+``shell`` (shell commands), ``agent`` (an AI coding agent), ``mixed`` (analysis tasks
+feeding a merge step, then an agent)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from specexec.errors import EXIT_OK, InvalidInput
+from specexec.fmt import did_you_mean
 from specexec.resources import data_dir
 from specexec.tasksfile import jsonio, store
 from specexec.tasksfile.schema import id_problem, json_schema
@@ -15,22 +18,35 @@ from specexec.tasksfile.types import TASKS_FILE
 SCHEMA_FILE = "tasks.schema.json"
 
 
+# Older names, still accepted (scripts and notes written against earlier versions).
+ALIASES = {"minimal": "shell", "feature": "agent"}
+# The order `init --list` shows them in: the way most people start, first.
+_ORDER = ("shell", "agent", "mixed")
+
+
 def _templates() -> dict[str, Path]:
     root = data_dir("templates")
-    return {p.name: p for p in sorted(root.iterdir()) if (p / TASKS_FILE).is_file()}
+    found = {p.name: p for p in sorted(root.iterdir()) if (p / TASKS_FILE).is_file()}
+    first = {n: found.pop(n) for n in _ORDER if n in found}
+    return {**first, **found}
 
 
 def list_templates() -> int:
     for name, path in _templates().items():
-        doc = json.loads((path / TASKS_FILE).read_text())
-        print(f"{name:10}  {len(doc.get('tasks', []))} tasks  {doc.get('description', '')}")
+        doc = json.loads((path / TASKS_FILE).read_text(encoding="utf-8"))
+        print(f"{name:6}  {doc.get('description', '')}")
+    print("use: specexec init SPEC_DIR --template NAME  (default: shell)")
     return EXIT_OK
 
 
-def init(spec_dir: str, template: str = "minimal") -> int:
+def init(spec_dir: str, template: str = "shell") -> int:
     templates = _templates()
+    template = ALIASES.get(template, template)
     if template not in templates:
-        raise InvalidInput(f"unknown template {template!r}; choose one of: {', '.join(templates)}")
+        raise InvalidInput(
+            f"unknown template {template!r}{did_you_mean(template, list(templates))};"
+            f" choose one of: {', '.join(templates)} (specexec init --list describes them)"
+        )
     dest = Path(spec_dir)
     if (dest / TASKS_FILE).exists() or (dest / TASKS_FILE).is_symlink():
         raise InvalidInput(f"{dest / TASKS_FILE} already exists; not overwriting it")
@@ -52,5 +68,7 @@ def init(spec_dir: str, template: str = "minimal") -> int:
     for item in sorted(dest.iterdir()):
         if item.is_file():
             print(f"  {item.name}")
-    print(f"next: specexec validate {dest} && specexec plan {dest}")
+    for note in doc.get("notes", []):
+        print(f"note: {note}")
+    print(f"next: specexec validate {dest} && specexec plan {dest} && specexec run {dest}")
     return EXIT_OK

@@ -9,8 +9,8 @@ from typing import Any
 
 from specexec import fmt
 from specexec.errors import EXIT_OK
-from specexec.plan.planner import Plan, execution_strategy, make_plan
 from specexec.fmt import clean
+from specexec.plan.planner import Plan, execution_strategy, make_plan
 from specexec.tasksfile.schema import load_spec
 from specexec.tasksfile.types import Spec
 
@@ -61,9 +61,23 @@ def render_table(spec: Spec, plan: Plan) -> str:
         f" · waves {fmt.minutes(plan.waves_minutes)} ({_speedup(seq, plan.waves_minutes)})"
         f" · eager {fmt.minutes(plan.eager_minutes)} ({_speedup(seq, plan.eager_minutes)})"
     )
-    for w in plan.warnings:
-        lines.append(f"warning: {clean(w)}")
+    # plan.warnings (tasks with no relevant_files) are not repeated here: `plan` prints
+    # load_spec's warning for the same tasks, which also names the file.
+    lines.append(_limits_line(spec))
     return "\n".join(lines)
+
+
+def _limits_line(spec: Spec) -> str:
+    """What bounds a run unattended (issue 17): the wait budget, budgets, conflicts."""
+    parts = [f"rate limits and overloads waited out up to {spec.max_wait_minutes:g} min a task"]
+    if spec.max_cost_usd is not None:
+        parts.append(f"cost budget ${spec.max_cost_usd:g}")
+    if spec.max_tokens is not None:
+        parts.append(f"token budget {spec.max_tokens}")
+    reruns = sum(1 for t in spec.tasks if t.on_conflict == "rerun")
+    if reruns:
+        parts.append(f"{reruns} task(s) rerun once after a merge conflict")
+    return "limits: " + " · ".join(parts) + " (defaults.max_wait_minutes, ...)"
 
 
 def render_mermaid(spec: Spec, plan: Plan) -> str:
@@ -118,6 +132,9 @@ def plan_json(spec: Spec, plan: Plan) -> dict[str, Any]:
         },
         "conflicts": [list(pair) for pair in plan.conflicts],
         "warnings": list(plan.warnings),
+        "max_wait_minutes": spec.max_wait_minutes,
+        "max_cost_usd": spec.max_cost_usd,
+        "max_tokens": spec.max_tokens,
     }
 
 

@@ -8,18 +8,27 @@ import os
 import signal
 import sys
 from types import FrameType
+from typing import Any
 
 from specexec.errors import InvalidInput
+from specexec.fmt import clean
 
 RESCAN_ENV = "SPECEXEC_WATCH_RESCAN"
+
+
+class _SafeFormatter(logging.Formatter):
+    """Log lines carry text from workers and dropped spec folders (blockers, file and
+    folder names): each line made safe for a terminal (fmt.clean), long ones cut."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return "\n".join(clean(line, 2000, strip=False) for line in text.split("\n"))
 
 
 def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        logging.Formatter(
-            "%(asctime)s.%(msecs)03d %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S"
-        )
+        _SafeFormatter("%(asctime)s.%(msecs)03d %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S")
     )
     # The "specexec" logger: the daemon's lines and the library's warnings (run locks
     # taken over, ...) alike.
@@ -52,6 +61,7 @@ def watch(
     allow_commands: bool = False,
     grace_s: float = 10.0,
     rescan_s: float | None = None,
+    run_options: dict[str, Any] | None = None,
 ) -> int:
     from specexec.daemon import Daemon
 
@@ -62,6 +72,7 @@ def watch(
         allow_commands=allow_commands,
         grace_s=grace_s,
         rescan_s=_rescan_seconds(rescan_s),
+        run_options=run_options,
     )
     _setup_logging()
 

@@ -318,7 +318,12 @@ def staged_problems(top: Path, env: dict[str, str] | None = None) -> list[str]:
                 context=context if isinstance(context, dict) else {},
             )
         except InvalidInput as e:
-            problems.extend(e.problems)
+            # One form of path on screen: relative to the top, as git shows them (and as
+            # the JSON errors above already are); validation names the absolute file.
+            absolute = str(file)
+            problems.extend(
+                rel + p[len(absolute) :] if p.startswith(absolute) else p for p in e.problems
+            )
     return problems
 
 
@@ -344,9 +349,10 @@ def run_hook(hook_type: str, args: Sequence[str], cwd: str | os.PathLike[str] = 
     if dirs:
         pid = start_background_run(repo, dirs, hook_type)
         names = ", ".join(os.path.relpath(d, repo.top) for d in dirs)
+        log = repo.common_dir / "specexec" / LOG_NAME
+        shown = log.relative_to(repo.top) if log.is_relative_to(repo.top) else log
         print(
-            f"specexec: running {names} in the background (pid {pid}; log: "
-            f"{repo.common_dir / 'specexec' / LOG_NAME})",
+            f"specexec: running {names} in the background (pid {pid}; log: {shown})",
             file=sys.stderr,
         )
     return 0

@@ -3,7 +3,9 @@
 ``<common>/specexec/git.lock`` serialises every git metadata change of one repository
 (a threading lock for the executor's worker threads, around ``system.file_lock`` for
 other processes). ``<worktree>.owner`` records the process using a worktree
-(``system.ProcessId``) and, for a task, what it started from.
+(``system.ProcessId``) and, for a task, what it started from: a record for the stash
+clean-up and for messages only, since a worker can delete or forge it. Who uses a
+worktree is decided by its *hold* (below), a lock only the runner holds.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+import filelock
 
 from specexec.errors import Busy
 from specexec.system import LockTimeout, ProcessId, atomic_write, file_lock
@@ -127,3 +131,82 @@ def write_marker(worktree_path: Path, extra: Mapping[str, Any] | None = None) ->
     Not fsynced: it must survive the owner's death, not the machine's."""
     doc = {**(extra or {}), **_me().to_json()}
     atomic_write(marker_file(worktree_path), json.dumps(doc) + "\n", durable=False)
+
+
+# --- holds: which worktrees this process uses ------------------------------------------
+# A worktree in use is *held*: an flock on ``<common>/specexec/holds/<where>.lock`` that
+# the runner keeps for as long as its task uses the worktree. The kernel drops it when the
+# runner dies; a worker cannot release it, and deleting or forging the marker beside the
+# worktree changes nothing. Every hold is taken, probed and deleted under the repository
+# lock, so deleting a lock file (once it is ours) never splits one hold into two inodes.
+
+_HOLDS: dict[Path, filelock.FileLock] = {}
+_HOLDS_GUARD = threading.Lock()
+
+
+def hold_mine(lock_path: Path) -> bool:
+    """Does this process hold it?"""
+    with _HOLDS_GUARD:
+        return lock_path in _HOLDS
+
+
+def take_hold(lock_path: Path) -> bool:
+    """Hold it (repository lock held): False if another process (or another open file of
+    this one) holds it. Holding it already counts as taking it."""
+    with _HOLDS_GUARD:
+        if lock_path in _HOLDS:
+            return True
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = file_lock(lock_path, 0)
+    try:
+        lock.acquire()
+    except LockTimeout:
+        return False
+    with _HOLDS_GUARD:
+        _HOLDS[lock_path] = lock
+    return True
+
+
+def drop_hold(lock_path: Path, *, delete: bool = False) -> None:
+    """Release our hold (repository lock held); ``delete``: its file too (the worktree
+    is gone; nobody can be waiting for it, since holds are only taken under that lock)."""
+    with _HOLDS_GUARD:
+        lock = _HOLDS.pop(lock_path, None)
+    if lock is None:
+        return
+    if delete:
+        lock_path.unlink(missing_ok=True)
+    lock.release()
+
+
+def held_elsewhere(lock_path: Path) -> bool | None:
+    """Does another process hold it? None: there is no lock file (never held, or a worker
+    deleted it). Probed by taking and releasing it at once (repository lock held)."""
+    if hold_mine(lock_path):
+        return False
+    if not lock_path.exists():
+        return None
+    lock = file_lock(lock_path, 0)
+    try:
+        lock.acquire()
+    except LockTimeout:
+        return True
+    except OSError:
+        return None
+    lock.release()
+    return False
+
+
+def processes_inside(path: Path) -> list[int]:
+    """Processes whose working directory is ``path`` or beneath it: a worker that outlived
+    its hold, or whose lock file was deleted (a scan of all: only done for a worktree whose
+    hold says nothing)."""
+    import psutil  # only for this scan
+
+    inside: list[int] = []
+    prefix = str(path) + os.sep
+    for proc in psutil.process_iter(["cwd"]):
+        cwd = proc.info.get("cwd")
+        if isinstance(cwd, str) and (cwd == str(path) or cwd.startswith(prefix)):
+            inside.append(proc.pid)
+    return inside

@@ -12,9 +12,12 @@ Layout (beside the fresh worktrees of ``specexec.git.workspace``)::
 
 The worktree root is outside the git dir and the working tree (``repo.worktree_root``).
 
-A slot is *in use* while its marker names a live process (pid *and* start time, so a
-reused pid does not count), *free* otherwise: no marker, or its owner died (SIGKILL).
-Taking a slot (the repository lock held): write our marker, point the task's branch
+A slot is *in use* while this pool handed it out, or another process holds it (its
+hold, ``owners.take_hold``: an flock the kernel drops when the holder dies), or, where
+its hold says nothing (no lock file: a worker deleted it) or a marker is left, a process
+still works inside it. The marker (pid, start time, task) is a record only: a worker
+deleting or forging it never frees a slot in use nor blocks a free one.
+Taking a slot (the repository lock held): take its hold, write our marker, point the task's branch
 ``specexec/<spec>@<task>`` and its base ref at the integration tip, point the slot's HEAD
 at the branch. Then, unlocked (the slot is ours), restore it: clear the per-worktree git
 state, ``read-tree --reset -u HEAD``, ``git clean``, fix modes, and check with ``git
@@ -40,20 +43,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from specexec import system
 from specexec.errors import GitError, SpecexecError
 from specexec.git import refs
 from specexec.git.files import add_mode, make_writable, rmtree
 from specexec.git.owners import (
     Owner,
+    drop_hold,
+    hold_mine,
     marked_name,
     marker_file,
-    owned_by_me,
     owner_alive,
+    processes_inside,
     read_marker,
     read_owner,
+    take_hold,
     write_marker,
 )
 from specexec.git.sparse import PARALLEL_CHECKOUT, set_sparse
@@ -119,19 +123,24 @@ class WorktreePool:
         trim: list[Slot] = []
         with self.ws.locked():
             for slot in _slots(self.ws):
-                owner = read_owner(slot.path)
-                if _in_use(slot, owner):
+                if slot.path in self._busy() or not _take(self.ws, slot):
                     continue
+                owner = read_owner(slot.path)
                 if owner is not None:
                     _reclaim(self.ws, slot)
-                    notes.append(f"reclaimed {slot.path} (owner process {owner.pid} is gone)")
+                    notes.append(f"reclaimed {slot.path} ({_gone(owner)})")
                 if slot.index >= self.size:
-                    write_marker(slot.path, {"trim": True})  # ours while its files go
-                    trim.append(slot)
+                    trim.append(slot)  # held while its files go
+                else:
+                    drop_hold(self.ws.hold_file(slot.path))
         for slot in trim:
             _discard(self.ws, slot)
             notes.append(f"removed {slot.path} (beyond --jobs {self.size})")
         return notes
+
+    def _busy(self) -> set[Path]:
+        with self._guard:
+            return {*self._held, *self._parked}
 
     def close(self) -> None:
         """Give back what is still held; parked slots become free (the next run's)."""
@@ -145,8 +154,9 @@ class WorktreePool:
         if parked:
             with self.ws.locked():
                 for path in parked:
-                    if owned_by_me(path):
+                    if hold_mine(self.ws.hold_file(path)):
                         marker_file(path).unlink(missing_ok=True)
+                        drop_hold(self.ws.hold_file(path))
             with self._guard:
                 for path in parked:
                     self._held.pop(path, None)
@@ -180,12 +190,13 @@ class WorktreePool:
                         refs.set_head(admin, refs.heads(branch))
                 except BaseException:
                     marker_file(slot.path).unlink(missing_ok=True)
+                    drop_hold(ws.hold_file(slot.path))
                     raise
         if slot is None:
             with self._guard:
                 self.stats["overflow"] += 1
             return ws.create_worktree(spec, task_id, sparse=sparse)
-        wt = Worktree(path=slot.path, branch=branch, base=base, spec=spec, task_id=task_id)
+        wt = Worktree(slot.path, branch, base, spec, task_id, sparse=sparse is not None)
         with self._guard:
             self._held[slot.path] = wt
         try:
@@ -193,8 +204,9 @@ class WorktreePool:
         except BaseException:
             self._forget(wt)
             with ws.locked():
-                if owned_by_me(slot.path):
+                if hold_mine(ws.hold_file(slot.path)):
                     marker_file(slot.path).unlink(missing_ok=True)
+                    drop_hold(ws.hold_file(slot.path))
                 ws.delete_task_branches([(spec, task_id)])  # the slot is idle: not checked out
             raise
         return wt
@@ -206,7 +218,7 @@ class WorktreePool:
             return
         ws = self.ws
         with ws.locked():
-            if owned_by_me(wt.path):
+            if hold_mine(ws.hold_file(wt.path)):
                 admin = ws.admin_dir(wt.path)
                 ws.drop_task_stashes(wt.path, admin)
                 if admin is not None:
@@ -215,6 +227,7 @@ class WorktreePool:
                 if delete_branch:
                     ws.delete_task_branches([(wt.spec, wt.task_id)])
                 marker_file(wt.path).unlink(missing_ok=True)
+                drop_hold(ws.hold_file(wt.path))
         self._forget(wt)
 
     def keep_failed(self, wt: Worktree, message: str) -> Path | None:
@@ -227,7 +240,7 @@ class WorktreePool:
             return wt.path
         for attempt in range(2):
             try:
-                self.ws.commit_all(wt, message)
+                self.ws.commit_all(wt, message, land=False)
                 break
             except (SpecexecError, OSError):
                 if attempt:
@@ -255,21 +268,20 @@ class WorktreePool:
 
     def _claim(self, record: dict[str, Any]) -> Slot | None:
         """Take a free slot (lock held): one that exists if possible; None if all in use."""
-        candidates: list[tuple[bool, Slot]] = []
-        for index in range(self.size):
-            slot = Slot(index, self.slot_path(index))
-            owner = read_owner(slot.path)
-            if _in_use(slot, owner):
-                continue
-            if owner is not None:
-                _reclaim(self.ws, slot)
-            candidates.append((not slot.path.is_dir(), slot))
-        if not candidates:
-            return None
-        slot = min(candidates, key=lambda c: (c[0], c[1].index))[1]
-        slot.path.parent.mkdir(parents=True, exist_ok=True)
-        write_marker(slot.path, record)
-        return slot
+        busy = self._busy()  # what this pool handed out: its own state, never a file
+        for existing in (True, False):  # a slot that exists if possible
+            for index in range(self.size):
+                slot = Slot(index, self.slot_path(index))
+                if slot.path in busy or slot.path.is_dir() != existing:
+                    continue
+                if not _take(self.ws, slot):
+                    continue
+                if read_marker(slot.path) is not None:
+                    _reclaim(self.ws, slot)
+                slot.path.parent.mkdir(parents=True, exist_ok=True)
+                write_marker(slot.path, record)
+                return slot
+        return None
 
     def _prepare(
         self, slot: Slot, admin: Path | None, wt: Worktree, sparse: Sequence[str] | None
@@ -464,26 +476,26 @@ def _slots(ws: Workspace) -> list[Slot]:
     return [Slot(i, ws.pool_dir / str(i)) for i in sorted(found)]
 
 
-def _in_use(slot: Slot, owner: Owner | None) -> bool:
-    """Is the slot taken: by a live owner, or (its owner dead) by a process still working
-    in it, such as a worker of a killed run that its own spec's next run has not swept?"""
-    if owner is None:
+def _take(ws: Workspace, slot: Slot) -> bool:
+    """Hold a slot no one uses (lock held); False if someone does: another process holds
+    it, or (its hold saying nothing: no lock file, or a marker left behind) a process
+    still works inside it, such as a worker of a killed run not swept yet, or one whose
+    lock file was deleted."""
+    lock = ws.hold_file(slot.path)
+    new = not lock.exists()
+    if not take_hold(lock):
         return False
-    if owner_alive(owner):
-        return True
-    return bool(_processes_inside(slot.path))
+    left = slot.path.is_dir() and (new or marker_file(slot.path).exists())
+    if left and processes_inside(slot.path):
+        drop_hold(lock, delete=new)  # the next look scans again
+        return False
+    return True
 
 
-def _processes_inside(path: Path) -> list[int]:
-    """Processes whose working directory is ``path`` or beneath it (a scan of all: only
-    done for the slots of dead runs)."""
-    inside: list[int] = []
-    prefix = str(path) + os.sep
-    for proc in psutil.process_iter(["cwd"]):
-        cwd = proc.info.get("cwd")
-        if isinstance(cwd, str) and (cwd == str(path) or cwd.startswith(prefix)):
-            inside.append(proc.pid)
-    return inside
+def _gone(owner: Owner) -> str:
+    if owner_alive(owner):  # a forged marker, or an older specexec's
+        return f"no run holds it; its marker names process {owner.pid}"
+    return f"owner process {owner.pid} is gone"
 
 
 def _reclaim(ws: Workspace, slot: Slot) -> None:
@@ -499,10 +511,11 @@ def _reclaim(ws: Workspace, slot: Slot) -> None:
 
 
 def _discard(ws: Workspace, slot: Slot) -> None:
-    """Delete a slot we have claimed: files unlocked, git's record and marker locked."""
+    """Delete a slot we hold: files unlocked, git's record, marker and hold locked."""
     rmtree(slot.path)
     with ws.locked():
         ws.drop_worktree(slot.path)
+        drop_hold(ws.hold_file(slot.path), delete=True)
 
 
 def open_pools(
@@ -523,13 +536,12 @@ def gc(ws: Workspace) -> list[str]:
     doomed: list[tuple[Slot, str]] = []
     with ws.locked():
         for slot in _slots(ws):
+            if hold_mine(ws.hold_file(slot.path)) or not _take(ws, slot):
+                continue  # held while its files go: nobody takes it
             owner = read_owner(slot.path)
-            if _in_use(slot, owner):
-                continue
-            reason = "free" if owner is None else f"owner process {owner.pid} is gone"
+            reason = "free" if owner is None else _gone(owner)
             if owner is not None:
                 _reclaim(ws, slot)
-            write_marker(slot.path, {"gc": True})  # nobody takes it while its files go
             doomed.append((slot, reason))
     removed: list[str] = []
     for slot, reason in doomed:

@@ -3,7 +3,12 @@
 Integration branch ``specexec/<spec>``; task branch ``specexec/<spec>@<task>``
 (``specexec/<spec>/<task>`` cannot exist next to ``specexec/<spec>``: a ref cannot be a
 file and a directory at once); ``refs/specexec/bases/<spec>/<task>`` records the commit a
-task branch started from, so that ``is_merged`` still works after a crash.
+task branch started from; ``refs/specexec/snapshots/<spec>/<task>`` the snapshot commit
+specexec made of the task's files to merge (``is_merged`` asks whether *that* commit is
+reachable, so that a worker's resets never make a task look merged);
+``refs/specexec/tips/<spec>`` the integration tip specexec last wrote (merges
+compare-and-swap against it, so a branch moved back by someone else is detected and what
+it dropped stays reachable).
 """
 
 from __future__ import annotations
@@ -15,10 +20,13 @@ from pathlib import Path
 from specexec.errors import InvalidInput
 
 BASES = "refs/specexec/bases"
+SNAPSHOTS = "refs/specexec/snapshots"
+TIPS = "refs/specexec/tips"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _PART = r"([A-Za-z0-9][A-Za-z0-9._-]*)"
 TASK_REF = re.compile(rf"refs/heads/specexec/{_PART}@{_PART}")
 BASE_REF = re.compile(rf"refs/specexec/bases/{_PART}/{_PART}")
+SNAPSHOT_REF = re.compile(rf"refs/specexec/snapshots/{_PART}/{_PART}")
 INTEGRATION_REF = re.compile(rf"refs/heads/specexec/{_PART}")
 SHA = re.compile(r"[0-9a-f]{40,64}")
 
@@ -56,6 +64,14 @@ def heads(branch: str) -> str:
 
 def base_ref(spec: str, task_id: str) -> str:
     return f"{BASES}/{spec}/{task_id}"
+
+
+def snapshot_ref(spec: str, task_id: str) -> str:
+    return f"{SNAPSHOTS}/{spec}/{task_id}"
+
+
+def tip_ref(spec: str) -> str:
+    return f"{TIPS}/{spec}"
 
 
 def read_text(path: Path) -> str:

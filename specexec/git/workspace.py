@@ -3,10 +3,20 @@
 Layout::
 
     <common>/specexec/git.lock                     the repository lock (never deleted)
+    <common>/specexec/holds/tasks/<spec>/<task>.lock  held (flock) by the run using it
+    <common>/specexec/holds/pool/<n>.lock          the same for a pool slot
     <worktree root>/tasks/<spec>/<task>            a task's fresh worktree (``--no-pool``)
     <worktree root>/tasks/<spec>/<task>.owner      {"pid", "start_time", "host"} + the task
     <worktree root>/pool/<n>                       a pooled worktree (``specexec.git.pool``)
     <worktree root>/pool/<n>.owner                 its owner while in use, + the task
+
+Who uses a worktree is its hold (``in_use``), never the ``.owner`` marker beside it: a
+worker can delete or forge that; it only records the task (stash entries, messages).
+
+What a task changes is specexec's snapshot of the worktree's files (``commit_all``: an
+index of its own, seeded from the base, one commit whose only parent is the base),
+never the worker's HEAD, branch or commits. The integration branch moves only by
+``merge``, compare-and-swap from the tip specexec last wrote (``checked_integration_tip``).
 
 The worktree root (``repo.worktree_root``) is outside the git dir and outside the user's
 working tree, by default ``~/.cache/specexec/worktrees/<repo>-<id>``; each worktree's
@@ -25,6 +35,7 @@ import contextlib
 import functools
 import os
 import re
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,19 +46,25 @@ from specexec.git import refs
 from specexec.git.files import rmtree
 from specexec.git.owners import (
     Owner,
+    drop_hold,
+    held_elsewhere,
+    hold_mine,
     marked_name,
     marker_file,
     owner_alive,
+    processes_inside,
     read_marker,
     read_owner,
     remove_marker,
     repo_lock,
+    take_hold,
     write_marker,
 )
 from specexec.git.refs import (
     BASE_REF,
     BASES,
     INTEGRATION_REF,
+    SNAPSHOT_REF,
     TASK_REF,
     check_name,
     integration_branch,
@@ -66,6 +83,7 @@ from specexec.git.sparse import (
 # Names other modules import from here.
 __all__ = [
     "BASES",
+    "IntegrationMoved",
     "MergeResult",
     "Owner",
     "StaleWorktree",
@@ -84,9 +102,27 @@ __all__ = [
 _STASH_MSG = re.compile(r"(?:WIP on|On) (.+?): ")
 _DROPPED = re.compile(r"Dropped stash@\{\d+\} \(([0-9a-f]+)\)")
 # What _resolve reads in process (every other name goes to git).
-_IN_PROCESS_REFS = ("refs/heads/", f"{BASES}/")
+_IN_PROCESS_REFS = ("refs/heads/", "refs/specexec/")
 _FALLBACK_NAME = "specexec"
 _FALLBACK_EMAIL = "specexec@localhost"
+# The snapshot's `git add` reads the files, never a setting that lets stat data or a
+# cache stand in for them (a worker may set these in the repository's config).
+_SNAPSHOT_OPTIONS: tuple[str, ...] = (
+    "-c", "core.trustctime=true",
+    "-c", "core.checkStat=default",
+    "-c", "core.ignoreStat=false",
+    "-c", "core.untrackedCache=false",
+    "-c", "core.splitIndex=false",
+    "-c", "index.sparse=false",
+)  # fmt: skip
+_SNAPSHOT_INDEX = "specexec-snapshot.index"  # in the worktree's admin dir
+# What `git add -A` prints for a path it could not read (errno text, C locale).
+_UNREADABLE = (
+    re.compile(r"warning: could not open directory '(.+?)/?': (.+)"),
+    re.compile(r"error: open\(\"(.+)\"\): (.+)"),
+    re.compile(r"error: unable to index file '(.+)'"),
+    re.compile(r"(?:error: )?(.+): (Permission denied|Operation not permitted|Input/output error)"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +132,12 @@ class Worktree:
     base: str  # sha of the integration tip it was created from
     spec: str
     task_id: str
+    sparse: bool = False  # checked out sparse (what specexec did, not what the files say)
+
+
+class IntegrationMoved(GitError):
+    """The integration branch is not where specexec left it, and its new tip drops work
+    specexec merged: nothing more is merged into it until someone puts that back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +171,8 @@ class Workspace:
         self.legacy_dirs = (self.data_dir / "pool", self.data_dir / "worktrees")
         self._lock = repo_lock(self.common_dir)
         self._identity: dict[str, str] | None = None
+        # spec -> the integration tip this process last wrote or checked (lock held).
+        self._tips: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"
@@ -148,6 +192,25 @@ class Workspace:
     def worktrees_dir(self) -> Path:
         """Fresh (``--no-pool``) worktrees: ``<worktree root>/tasks/<spec>/<task>``."""
         return self.worktree_root / "tasks"
+
+    def hold_file(self, wt_path: Path) -> Path:
+        """The lock file of the hold on a worktree of ours (``owners.take_hold``)."""
+        rel = wt_path.relative_to(self.worktree_root)
+        return self.data_dir / "holds" / f"{rel}.lock"
+
+    def in_use(self, wt_path: Path) -> bool:
+        """Does a live run use this worktree of ours (lock held)? Its hold decides; where
+        there is no hold to ask (its lock file is gone) or a marker says someone else had
+        it, a process working inside it does too. The marker alone never does."""
+        lock = self.hold_file(wt_path)
+        if hold_mine(lock):
+            return True
+        held = held_elsewhere(lock)
+        if held:
+            return True
+        if wt_path.is_dir() and (held is None or marker_file(wt_path).exists()):
+            return bool(processes_inside(wt_path))
+        return False
 
     def owns_path(self, path: Path) -> bool:
         """Is ``path`` a worktree of specexec's (this layout's or an older one's)?"""
@@ -322,9 +385,13 @@ class Workspace:
         return busy
 
     def _idle_slot(self, path: Path) -> bool:
-        if path.parent not in (self.pool_dir, self.legacy_dirs[0]):
+        if path.parent == self.pool_dir:
+            held = held_elsewhere(self.hold_file(path))
+            if held is not None:
+                return not (held or hold_mine(self.hold_file(path)))
+        elif path.parent != self.legacy_dirs[0]:
             return False
-        owner = read_owner(path)
+        owner = read_owner(path)  # an older specexec's slot, or a hold file deleted
         return owner is None or not owner_alive(owner)
 
     def worktree_path(self, spec: str, task_id: str) -> Path:
@@ -336,8 +403,12 @@ class Workspace:
         """Create ``specexec/<spec>`` from ``base_ref`` (default HEAD) if missing; its tip."""
         ref = refs.heads(integration_branch(spec))
         with self.locked():
-            (tip,) = self._resolve(ref)
+            tip, recorded = self._resolve(ref, refs.tip_ref(spec))
             if tip is not None:
+                if recorded is None:  # first run of this version, or a branch the user made
+                    self._record_tip(spec, tip)
+                else:
+                    self._tips.setdefault(spec, recorded)
                 return tip
             if base_ref is None:
                 start = self._verify("HEAD")
@@ -354,7 +425,33 @@ class Workspace:
                         f"in {self.root}"
                     )
             self.git("update-ref", "-m", "specexec: integration branch", ref, start, ZERO_SHA)
+            self._record_tip(spec, start)
             return start
+
+    def _record_tip(self, spec: str, tip: str) -> None:
+        self.git("update-ref", "-m", "specexec: integration tip", refs.tip_ref(spec), tip)
+        self._tips[spec] = tip
+
+    def checked_integration_tip(self, spec: str) -> str | None:
+        """The integration tip, after checking that it still holds what specexec merged
+        (lock held): the tip specexec last wrote is it, or one of its ancestors (a user
+        who merged or fast-forwarded it). Raises ``IntegrationMoved`` otherwise."""
+        ref = refs.heads(integration_branch(spec))
+        current, recorded = self._resolve(ref, refs.tip_ref(spec))
+        expected = self._tips.get(spec, recorded)
+        if expected is None or expected == current:
+            return current
+        if current is not None and self._is_ancestor(expected, current):
+            self._tips[spec] = current  # moved forward: nothing of ours is lost
+            return current
+        now = "deleted" if current is None else f"now at {current}"
+        raise IntegrationMoved(
+            f"the integration branch {refs.integration(spec)} was moved by someone else: "
+            f"specexec left it at {expected}, it is {now}, which drops work specexec merged; "
+            f"nothing more is merged into it (the old tip stays in {refs.tip_ref(spec)}). "
+            f"Put it back (git update-ref {ref} {expected}) or merge that commit into it, "
+            f"or accept the move (git update-ref -d {refs.tip_ref(spec)})"
+        )
 
     # -- worktrees --
 
@@ -370,8 +467,10 @@ class Workspace:
         with self.locked():
             base = self.require_integration_tip(spec)
             self._clear_stale(path)
+            # The hold comes first so that gc never sees an unheld new worktree.
+            if not take_hold(self.hold_file(path)):
+                raise Busy(f"worktree {path} is in use by another process")
             path.parent.mkdir(parents=True, exist_ok=True)
-            # The owner marker comes first so that gc never sees an ownerless new worktree.
             write_marker(path, self.task_record(spec, task_id, base))
             try:
                 branch = self.start_task_branch(spec, task_id, base)
@@ -379,8 +478,9 @@ class Workspace:
                 admin = self.add_worktree(path, base, branch)
             except GitError:
                 self.drop_worktree(path)
+                drop_hold(self.hold_file(path), delete=True)
                 raise
-        wt = Worktree(path=path, branch=branch, base=base, spec=spec, task_id=task_id)
+        wt = Worktree(path, branch, base, spec, task_id, sparse=sparse is not None)
         try:
             self._checkout(admin, path, sparse)
         except BaseException:
@@ -390,7 +490,7 @@ class Workspace:
 
     def require_integration_tip(self, spec: str) -> str:
         integration = integration_branch(spec)
-        (base,) = self._resolve(refs.heads(integration))
+        base = self.checked_integration_tip(spec)
         if base is None:
             raise GitError(
                 f"integration branch {integration} does not exist in {self.root} "
@@ -412,6 +512,7 @@ class Workspace:
             )
         lines = (
             f"update {refs.heads(branch)} {base}\nupdate {refs.base_ref(spec, task_id)} {base}\n"
+            f"delete {refs.snapshot_ref(spec, task_id)}\n"  # a new attempt: nothing landed yet
         )
         self.git("update-ref", "-m", "specexec: start task", "--stdin", input=lines.encode())
         return branch
@@ -426,9 +527,10 @@ class Workspace:
         owner_file = marker_file(path)
         if not (path.exists() or owner_file.exists() or self.admin_dir(path)):
             return
-        owner = read_owner(path)
-        if owner is not None and owner.pid != os.getpid() and owner_alive(owner):
-            raise Busy(f"worktree {path} is in use by process {owner.pid}")
+        if not hold_mine(self.hold_file(path)) and self.in_use(path):
+            owner = read_owner(path)
+            who = f"process {owner.pid}" if owner is not None else "another process"
+            raise Busy(f"worktree {path} is in use by {who}")
         self.drop_worktree(path)
 
     def drop_worktree(self, path: Path) -> None:
@@ -450,6 +552,7 @@ class Workspace:
         rmtree(path)
         with self.locked():
             self.drop_worktree(path)
+            drop_hold(self.hold_file(path), delete=True)
             if delete_branch:
                 self.delete_task_branches([(spec, task_id)])
 
@@ -475,8 +578,11 @@ class Workspace:
             ref = refs.heads(refs.task(spec, task_id))
             if ref not in busy:
                 lines += [f"delete {ref}\n", f"delete {refs.base_ref(spec, task_id)}\n"]
+                lines.append(f"delete {refs.snapshot_ref(spec, task_id)}\n")
                 deleted.append((spec, task_id))
-        lines += [f"delete {refs.base_ref(spec, task_id)}\n" for spec, task_id in orphan_bases]
+        for spec, task_id in orphan_bases:
+            lines.append(f"delete {refs.base_ref(spec, task_id)}\n")
+            lines.append(f"delete {refs.snapshot_ref(spec, task_id)}\n")
         if lines:
             self.git("update-ref", "--stdin", input="".join(lines).encode())
         return deleted
@@ -524,6 +630,8 @@ class Workspace:
             return []
         before = {str(s) for s in record["stash"]}
         branch = str(record.get("branch", ""))
+        if not TASK_REF.fullmatch(refs.heads(branch)):
+            branch = ""  # a forged marker must not name the user's branch: never theirs
         entries = self._stash_log()
         fresh = [(sha, m) for sha, msg in entries
                  if sha not in before and (m := _STASH_MSG.match(msg)) is not None]  # fmt: skip
@@ -598,49 +706,126 @@ class Workspace:
             self.worktree_git(admin, wt.path, "clean", "-f", "-d", "-x", "-q", "--", *pathspecs)
 
     def changed_files(self, wt: Worktree) -> list[str]:
-        """Every path changed since ``wt.base``: committed, staged, unstaged, untracked, deleted."""
-        admin = self.worktree_admin(wt.path)
-        diff_args = ("diff", "--name-only", "-z", "--no-renames", "--no-ext-diff", wt.base, "--")
-        diff = self.worktree_git(admin, wt.path, *diff_args)
-        untracked = self.worktree_git(
-            admin, wt.path, "ls-files", "-z", "--others", "--exclude-standard"
-        )
-        return sorted(set(diff.fields()) | set(untracked.fields()))
+        """Every path the worktree's files change against ``wt.base``, as the snapshot
+        that would be merged sees them (committed, staged or not, untracked, deleted)."""
+        snap = self._snapshot(wt)
+        snap.index.unlink(missing_ok=True)
+        return list(snap.paths)
 
-    def commit_all(self, wt: Worktree, message: str) -> str | None:
-        """Commit everything in the worktree; the task branch's new tip, or None if no change.
+    def commit_all(self, wt: Worktree, message: str, *, land: bool = True) -> str | None:
+        """Snapshot the worktree's files onto the task branch; its new tip, or None if
+        the files are the base's.
 
-        Commits the worker made itself are kept (they are the new commit's ancestors).
+        The commit is made by specexec from the files alone, with ``wt.base`` as its only
+        parent: what the worker did to HEAD, the branch, the index or its own commits
+        (resets, rebases, amends, other branches) never decides what is merged. A path
+        that cannot be read fails it (GitError naming the paths): nothing partial is
+        committed. ``land``: this is the commit to merge; it is recorded in
+        ``refs/specexec/snapshots/<spec>/<task>`` (what ``is_merged`` looks for).
         """
+        admin = self.worktree_admin(wt.path)
+        snap = self._snapshot(wt, whole=land)
+        try:
+            if not snap.paths:
+                return None
+            ref = refs.heads(wt.branch)
+            (tip,) = self._resolve(ref)
+            new = None
+            if tip is not None:  # the same snapshot again (nothing new): the same commit
+                res = self.git("rev-parse", f"{tip}^{{tree}}", f"{tip}^@", ok=(0, 128))
+                if res.returncode == 0 and res.text.split() == [snap.tree, wt.base]:
+                    new = tip
+            if new is None:
+                new = self._commit_tree(snap.tree, (wt.base,), message)
+            lines = f"update {ref} {new}\n"
+            if land:
+                lines += f"update {refs.snapshot_ref(wt.spec, wt.task_id)} {new}\n"
+            with self.locked():
+                self.git("update-ref", "-m", f"specexec: {message}", "--stdin",
+                         input=lines.encode())  # fmt: skip
+                refs.set_head(admin, ref)  # whatever the worker checked out
+                # The worktree's index becomes the snapshot's: `git status` there is clean.
+                os.replace(snap.index, admin / "index")
+            return new
+        finally:
+            snap.index.unlink(missing_ok=True)
+
+    def _snapshot(self, wt: Worktree, *, whole: bool = True) -> _Snapshot:
+        """Stage the worktree's files in an index of specexec's own, seeded from the
+        base (the worktree's index lends only its stat cache); its tree and changed paths.
+        ``whole``: also refuse submodule commits that exist only inside the worktree (a
+        failed attempt's state is kept for inspection only, never merged)."""
         admin = self.worktree_admin(wt.path)
         # Left by a worker killed in the middle of a git command; the worker is gone now.
         (admin / "index.lock").unlink(missing_ok=True)
-        # --sparse: files a worker made outside a sparse checkout are its changes too.
-        self.worktree_git(admin, wt.path, "add", "-A", *(("--sparse",) if is_sparse(admin) else ()))
-        tree = self.worktree_git(admin, wt.path, "write-tree").text
-        query = f"{wt.base}^{{tree}}\nHEAD^{{commit}}\nHEAD^{{tree}}\n".encode()
-        res = self.worktree_git(
-            admin, wt.path, "cat-file", "--batch-check=%(objectname)", input=query
-        )
-        base_tree, head, head_tree = (
-            None if line.endswith(" missing") else line
-            for line in os.fsdecode(res.stdout).splitlines()
-        )
-        if tree == base_tree:
-            return None
-        if head is not None and tree == head_tree:
-            new = head  # the worker committed everything itself
-        else:
-            new = self._commit_tree(tree, (head or wt.base,), message)
-        ref = refs.heads(wt.branch)
-        head_file = refs.read_text(admin / "HEAD")
-        sym = head_file[len("ref: ") :] if head_file.startswith("ref: ") else ""
-        if sym != ref or new != head:
-            with self.locked():
-                if sym != ref:  # the worker switched branches: bring HEAD back
-                    refs.set_head(admin, ref)
-                self.git("update-ref", "-m", f"specexec: {message}", ref, new)
-        return new
+        index = admin / _SNAPSHOT_INDEX
+        index.unlink(missing_ok=True)
+        env = {"GIT_INDEX_FILE": str(index)}
+        sparse = wt.sparse or is_sparse(admin)
+
+        def git(*args: str, **kw: Any) -> GitResult:
+            return self.worktree_git(admin, wt.path, *_SNAPSHOT_OPTIONS, *args, env=env, **kw)
+
+        try:
+            # A one-tree read-tree -m keeps the stat data of the entries that match the
+            # base (no rehash of every file); anything odd in that index: start bare.
+            with contextlib.suppress(OSError):
+                shutil.copyfile(admin / "index", index)
+            if not index.exists() or git("read-tree", "-m", wt.base, ok=range(256)).returncode:
+                index.unlink(missing_ok=True)
+                git("read-tree", wt.base)
+            self._unhide(git, wt.path, sparse)
+            add = git("add", "-A", *(("--sparse",) if sparse else ()), ok=range(256))
+            unreadable = _unreadable_paths(add.stderr)
+            if unreadable or add.returncode != 0:
+                shown = ", ".join(unreadable[:20]) or add.stderr.strip()
+                raise GitError(
+                    f"cannot snapshot the worktree {wt.path}: unreadable: {shown} "
+                    "(nothing was committed)"
+                    if unreadable
+                    else f"cannot snapshot the worktree {wt.path}: {shown}"
+                )
+            tree = git("write-tree").text
+            diff = self.git("diff-tree", "-r", "-z", "--no-renames", "--raw", wt.base, tree)
+            paths, gitlinks = _parse_raw_diff(diff.stdout)
+            missing = self._missing_objects(gitlinks) if whole else []
+            if missing:
+                shown = ", ".join(p for p, _sha in missing[:20])
+                raise GitError(
+                    f"cannot snapshot the worktree {wt.path}: the commits of these "
+                    f"submodules or nested repositories exist only inside it: {shown} "
+                    "(nothing was committed)"
+                )
+        except BaseException:
+            index.unlink(missing_ok=True)
+            raise
+        return _Snapshot(tree, tuple(sorted(paths)), index)
+
+    @staticmethod
+    def _unhide(git: Callable[..., GitResult], path: Path, sparse: bool) -> None:
+        """Clear the index bits that would hide a file from ``git add``: assume-unchanged
+        always, skip-worktree unless a sparse checkout left the file out (it is missing)."""
+        groups: dict[tuple[str, ...], list[bytes]] = {}
+        root = os.fsencode(path) + b"/"
+        for rec in git("ls-files", "-v", "-z").stdout.split(b"\0"):
+            tag, rel = rec[:1], rec[2:]
+            if not rec or tag == b"H":
+                continue
+            flags: tuple[str, ...] = ("--no-assume-unchanged",) if tag.islower() else ()
+            if tag in (b"S", b"s") and not (sparse and not os.path.lexists(root + rel)):
+                flags += ("--no-skip-worktree",)
+            if flags:
+                groups.setdefault(flags, []).append(rel)
+        for flags, rels in groups.items():
+            git("update-index", "-z", *flags, "--stdin", input=b"".join(r + b"\0" for r in rels))
+
+    def _missing_objects(self, gitlinks: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        if not gitlinks:
+            return []
+        query = "".join(f"{sha}\n" for _p, sha in gitlinks).encode()
+        res = self.git("cat-file", "--batch-check=%(objectname)", input=query)
+        out = os.fsdecode(res.stdout).splitlines()
+        return [g for g, line in zip(gitlinks, out, strict=True) if line.endswith(" missing")]
 
     # -- merging --
 
@@ -649,9 +834,13 @@ class Workspace:
 
         Fast-forwards when the integration tip is an ancestor of the task commit (the
         usual case when the tip has not moved since the task's worktree was created);
-        otherwise ``merge-tree --write-tree`` + ``commit-tree`` make a merge commit. The
-        branch moves with a compare-and-swap ``update-ref``, retried if someone else
-        moved it in between. On conflict nothing is written.
+        otherwise ``merge-tree --write-tree`` + ``commit-tree`` make a merge commit. On
+        conflict nothing is written.
+
+        Only specexec moves the branch: from the tip it last wrote, by compare-and-swap,
+        recording the new tip in ``refs/specexec/tips/<spec>`` in the same transaction.
+        A branch someone else moved forward (a user's merge) is merged into; one moved
+        so that it drops what specexec merged raises ``IntegrationMoved``.
         """
         branch = integration_branch(spec)
         ref = refs.heads(branch)
@@ -663,42 +852,48 @@ class Workspace:
                     f"cannot merge into {branch}: it is checked out in a worktree of "
                     f"{self.root}; switch that worktree to another branch"
                 )
-            why = ""
-            for _attempt in range(20):
-                (old,) = self._resolve(ref)
-                if old is None:
-                    raise GitError(f"integration branch {branch} does not exist in {self.root}")
-                mb = self.git("merge-base", old, task_commit, ok=(0, 1)).text
-                if mb == task_commit:
-                    return MergeResult(True, old)  # already merged: nothing to do
-                if mb == old:
-                    new = task_commit
-                else:
-                    mt = ("merge-tree", "--write-tree", "-z", "--name-only", old, task_commit)
-                    res = self.git(*mt, ok=(0, 1))
-                    tree, conflicts = _parse_merge_tree(res.stdout)
-                    if res.returncode == 1:
-                        return MergeResult(False, None, conflicts or ("(unknown path)",))
-                    new = self._commit_tree(tree, (old, task_commit), message)
-                # Compare-and-swap: fails if anyone (even outside specexec) moved the branch.
-                cas = self.git(
-                    "update-ref", "-m", f"specexec: {message}", ref, new, old, ok=range(256)
+            old = self.checked_integration_tip(spec)
+            if old is None:
+                raise GitError(f"integration branch {branch} does not exist in {self.root}")
+            mb = self.git("merge-base", old, task_commit, ok=(0, 1)).text
+            if mb == task_commit:
+                return MergeResult(True, old)  # already merged: nothing to do
+            if mb == old:
+                new = task_commit
+            else:
+                mt = ("merge-tree", "--write-tree", "-z", "--name-only", old, task_commit)
+                res = self.git(*mt, ok=(0, 1))
+                tree, conflicts = _parse_merge_tree(res.stdout)
+                if res.returncode == 1:
+                    return MergeResult(False, None, conflicts or ("(unknown path)",))
+                new = self._commit_tree(tree, (old, task_commit), message)
+            # Compare-and-swap: fails if anyone (even outside specexec) moved the branch
+            # since it was checked (a process that does not take the repository lock).
+            lines = f"update {ref} {new} {old}\nupdate {refs.tip_ref(spec)} {new}\n"
+            cas = self.git(
+                "update-ref", "-m", f"specexec: {message}", "--stdin",
+                input=lines.encode(), ok=range(256),
+            )  # fmt: skip
+            if cas.returncode != 0:
+                raise GitError(
+                    f"could not update {branch} to merge {task_commit}: it moved under "
+                    f"specexec ({cas.stderr.strip()})"
                 )
-                if cas.returncode == 0:
-                    return MergeResult(True, new)
-                why = cas.stderr.strip()
-        raise GitError(f"could not update {branch} to merge {task_commit}: {why}")
+            self._tips[spec] = new
+            return MergeResult(True, new)
 
     def is_merged(self, spec: str, task_id: str) -> bool:
-        """Did this task's branch get work merged into the integration branch?"""
-        tip, base, integ = self._resolve(
-            refs.heads(task_branch(spec, task_id)),
+        """Did this task's own snapshot (the commit specexec made to merge it) reach the
+        integration branch? Where the task branch points never counts: a worker can
+        move it anywhere, an ancestor of the integration branch included."""
+        snap, base, integ = self._resolve(
+            refs.snapshot_ref(spec, task_id),
             refs.base_ref(spec, task_id),
             refs.heads(integration_branch(spec)),
         )
-        if tip is None or base is None or integ is None or tip == base:
+        if snap is None or base is None or integ is None or snap == base:
             return False
-        return self._is_ancestor(tip, integ)
+        return self._is_ancestor(snap, integ)
 
     def integration_tip(self, spec: str) -> str | None:
         """The commit the integration branch points at, or None if it does not exist."""
@@ -730,15 +925,18 @@ class Workspace:
                         elif name := marked_name(entry.name):  # a marker, or its temp file
                             paths.add(spec_dir / name)
         stale: list[StaleWorktree] = []
-        for path in sorted(paths):
-            owner = read_owner(path)
-            if owner is None:
-                reason = "no owner record"
-            elif not owner_alive(owner):
-                reason = f"owner process {owner.pid} is gone"
-            else:
-                continue
-            stale.append(StaleWorktree(path, path.parent.name, path.name, reason))
+        with self.locked():
+            for path in sorted(paths):
+                if self.in_use(path):
+                    continue
+                owner = read_owner(path)
+                if owner is None:
+                    reason = "no owner record"
+                elif not owner_alive(owner):
+                    reason = f"owner process {owner.pid} is gone"
+                else:  # a forged marker, or one a run left that no longer holds it
+                    reason = f"no run holds it (its marker names process {owner.pid})"
+                stale.append(StaleWorktree(path, path.parent.name, path.name, reason))
         return stale
 
     def gc(self) -> list[str]:
@@ -751,6 +949,7 @@ class Workspace:
             removed += self._gc_legacy()
             for st in self.stale_worktrees():
                 self.drop_worktree(st.path)
+                self.hold_file(st.path).unlink(missing_ok=True)  # unheld (lock held)
                 removed.append(f"worktree {st.path} ({st.reason})")
             with contextlib.suppress(OSError):
                 for spec_dir in self.worktrees_dir.iterdir():
@@ -759,11 +958,14 @@ class Workspace:
             tips: dict[tuple[str, str], str] = {}
             bases: dict[tuple[str, str], str] = {}
             integ: dict[str, str] = {}
+            snaps: set[tuple[str, str]] = set()
             for ref, sha in self._refs().items():
                 if m := TASK_REF.fullmatch(ref):
                     tips[(m[1], m[2])] = sha
                 elif m := BASE_REF.fullmatch(ref):
                     bases[(m[1], m[2])] = sha
+                elif m := SNAPSHOT_REF.fullmatch(ref):
+                    snaps.add((m[1], m[2]))
                 elif m := INTEGRATION_REF.fullmatch(ref):
                     integ[m[1]] = sha
             reasons: dict[tuple[str, str], str] = {}
@@ -773,8 +975,8 @@ class Workspace:
                     reasons[key] = "no changes"
                 elif base is not None and spec_tip is not None and self._is_ancestor(tip, spec_tip):
                     reasons[key] = f"merged into {refs.integration(key[0])}"
-            # Base refs whose branch is already gone are dropped too (not listed).
-            orphans = [k for k in bases if k not in tips]
+            # Base and snapshot refs whose branch is already gone go too (not listed).
+            orphans = sorted(k for k in {*bases, *snaps} if k not in tips)
             for spec, task_id in self.delete_task_branches(sorted(reasons), orphans):
                 removed.append(f"branch {refs.task(spec, task_id)} ({reasons[(spec, task_id)]})")
             for d in (self.worktrees_dir, self.worktree_root):
@@ -818,13 +1020,52 @@ class Workspace:
 
     def _refs(self) -> Mapping[str, str]:
         res = self.git(
-            "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/specexec/", BASES
+            "for-each-ref",
+            "--format=%(objectname) %(refname)",
+            "refs/heads/specexec/",
+            BASES,
+            refs.SNAPSHOTS,
         )
         out: dict[str, str] = {}
         for line in res.text.splitlines():
             sha, _, ref = line.partition(" ")
             out[ref] = sha
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    tree: str
+    paths: tuple[str, ...]  # changed against the base
+    index: Path  # the index it was staged in (the caller removes or adopts it)
+
+
+def _unreadable_paths(stderr: str) -> list[str]:
+    """The paths ``git add`` reported it could not read (it skips them, exit 0)."""
+    found: dict[str, None] = {}
+    for line in stderr.splitlines():
+        for pattern in _UNREADABLE:
+            m = pattern.fullmatch(line.strip())
+            if m is not None:
+                found[m[1]] = None
+                break
+    return list(found)
+
+
+def _parse_raw_diff(stdout: bytes) -> tuple[list[str], list[tuple[str, str]]]:
+    """``diff-tree -r -z --raw``: the changed paths, and (path, sha) of new gitlinks."""
+    fields = stdout.split(b"\0")
+    paths: list[str] = []
+    gitlinks: list[tuple[str, str]] = []
+    for meta, raw in zip(fields[0::2], fields[1::2], strict=False):
+        if not meta.startswith(b":"):
+            continue
+        path = os.fsdecode(raw)
+        paths.append(path)
+        _old_mode, new_mode, _old, new, _status = meta[1:].decode("ascii").split(" ")
+        if new_mode == "160000":
+            gitlinks.append((path, new))
+    return paths, gitlinks
 
 
 def _parse_merge_tree(stdout: bytes) -> tuple[str, tuple[str, ...]]:

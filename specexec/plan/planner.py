@@ -65,8 +65,6 @@ class Plan:
     max_concurrent: int  # most tasks running at once under the eager rule
     conflicts: tuple[tuple[str, str], ...]  # conflicting pairs, in file order
     warnings: tuple[str, ...]
-    # The eager simulation: (task id, start minute, end minute), in start order.
-    eager_schedule: tuple[tuple[str, float, float], ...] = ()
 
 
 def find_cycle(tasks: Sequence[Task]) -> list[str] | None:
@@ -248,7 +246,7 @@ def make_plan(tasks: Sequence[Task], jobs: int) -> Plan:
     warnings = tuple(
         f"{t.id} has no relevant_files: it is assumed to conflict with no other task"
         for t in todo
-        if not t.relevant_files
+        if not t.relevant_files and t.isolation != "none"  # analysis tasks: by design
     )
     pairs = tuple([(ids[i], ids[j]) for i, cs in enumerate(conflicts) for j in sorted(cs) if i < j])
     return Plan(
@@ -263,7 +261,6 @@ def make_plan(tasks: Sequence[Task], jobs: int) -> Plan:
         max_concurrent=_peak(slots),
         conflicts=pairs,
         warnings=warnings,
-        eager_schedule=tuple([(k[1], s, e) for k, s, e in slots]),
     )
 
 

@@ -14,11 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from specexec.errors import SpecexecError
+from specexec.git import refs
 from specexec.git.pool import WorktreePool
 from specexec.git.workspace import Workspace, Worktree, checkout_patterns
 from specexec.plan import patterns as paths
 from specexec.run.processes import ProcessOutcome, run_process, worker_env
-from specexec.run.prompt import BlockerResult, MergedInput, ParallelContext, render_prompt
+from specexec.run.prompt import (
+    BlockerResult,
+    MergedInput,
+    ParallelContext,
+    RenderCancelled,
+    render_prompt,
+)
 from specexec.tasksfile.types import Spec, Task, WorkerConfig
 from specexec.workers.agent import Agent
 from specexec.workers.invocation import Invocation, build_invocation
@@ -51,6 +58,10 @@ class AttemptContext:
     # The workers' environment before the SPECEXEC_* variables (worker_env(None)), made
     # once per run: cleaning os.environ for every task costs more than starting `true`.
     base_env: Mapping[str, str] | None = None
+    # A rerun after a merge conflict (on_conflict "rerun"): the paths that conflicted,
+    # for the prompt; and whether a conflict now keeps the branch under another name.
+    conflicts: tuple[str, ...] = ()
+    rerun_on_conflict: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +78,10 @@ class AttemptOutcome:
     branch: str | None = None
     branch_to_delete: str | None = None  # merged: delete once `pass` is on disk
     extra: dict[str, Any] = field(default_factory=dict)
+    # Why it failed (one of workers.agent.ERROR_CLASSES), and the wait the agent stated.
+    error_class: str | None = None
+    retry_after_s: float | None = None
+    conflicts: tuple[str, ...] = ()  # a merge conflict's paths
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -142,12 +157,18 @@ def run_attempt(ctx: AttemptContext) -> AttemptOutcome:
             if vproc.returncode != 0:
                 why = "timed out" if vproc.timed_out else f"exit code {vproc.returncode}"
                 blocker = f"verify failed ({why}): {ctx.task.verify}"
-                return _finish(ctx, wt, replace(out, status="fail", blocker=blocker))
+                failed = replace(out, status="fail", blocker=blocker, error_class="verify_failed")
+                return _finish(ctx, wt, failed)
         return _finish(ctx, wt, _land(ctx, wt, out))
+    except RenderCancelled:
+        return _cancelled(ctx, wt, out)
     except SpecexecError as e:
         # A problem of this task (bad placeholder, template error, git failure in its
         # worktree): the task fails with the reason; the run goes on.
-        return _finish(ctx, wt, replace(out, status="fail", blocker=str(e), retryable=False))
+        failed = replace(
+            out, status="fail", blocker=str(e), retryable=False, error_class="worker_failed"
+        )
+        return _finish(ctx, wt, failed)
 
 
 def _prepare(ctx: AttemptContext, wt: Worktree | None) -> _Prepared:
@@ -184,6 +205,8 @@ def _prepare(ctx: AttemptContext, wt: Worktree | None) -> _Prepared:
         merged=ctx.merged,
         result_file=RESULT_FILE if wt is not None else str(result_file),
         answer_block=inv.agent.answer_block if inv.agent is not None else True,
+        conflicts=ctx.conflicts,
+        cancel=ctx.cancel,
     )
     _write_private(files["prompt.md"], prompt)
     env = worker_env(
@@ -221,9 +244,17 @@ def _run(
 def _process_problem(ctx: AttemptContext, proc: ProcessOutcome) -> dict[str, Any] | None:
     """Why the worker's process itself failed (it never started, or timed out), if so."""
     if proc.start_error is not None:
-        return {"blocker": f"worker could not start: {proc.start_error}", "retryable": False}
+        return {
+            "blocker": f"worker could not start: {proc.start_error}",
+            "retryable": False,
+            "error_class": "not_found",
+        }
     if proc.timed_out:
-        return {"blocker": f"timed out after {ctx.timeout_minutes:g} min", "timed_out": True}
+        return {
+            "blocker": f"timed out after {ctx.timeout_minutes:g} min",
+            "timed_out": True,
+            "error_class": "timeout",
+        }
     return None
 
 
@@ -252,21 +283,30 @@ def _judge(
         )
     if result.status != "pass":
         blocked = result.status == "blocked"
+        blocker = result.blocker or f"worker reported {result.status}"
+        cls = result.error_class or "agent_error"
+        if cls == "not_found" and result.source == "exit_code":
+            blocker += " (126: not executable)" if proc.returncode == 126 else " (127: not found)"
         return replace(
             out,
             status="blocked" if blocked else "fail",
             retryable=not blocked,
-            blocker=result.blocker or f"worker reported {result.status}",
+            blocker=blocker,
+            error_class=cls,
+            retry_after_s=result.retry_after_s,
         )
     if wt is not None and not out.files_changed and _expects_changes(task, agent):
         why = "the worker reported pass but changed no file"
         if result.denials:
             why += "; the agent was denied: " + ", ".join(result.denials[:5])
-        return replace(out, status="fail", blocker=why)
+        return replace(out, status="fail", blocker=why, error_class="no_change")
     if out.scope_violations and ctx.strict_scope:
         shown = ", ".join(out.scope_violations[:10])
         blocker = f"changed files outside relevant_files (--strict-scope): {shown}"
-        return replace(out, status="fail", retryable=False, blocker=blocker)
+        # A check of the result that failed, like verify.
+        return replace(
+            out, status="fail", retryable=False, blocker=blocker, error_class="verify_failed"
+        )
     return replace(out, status="pass")
 
 
@@ -282,12 +322,19 @@ def _land(ctx: AttemptContext, wt: Worktree | None, out: AttemptOutcome) -> Atte
     merged = ctx.workspace.merge(spec.name, task_commit, f"Merge task {task.id} ({spec.name})")
     if not merged.merged:
         conflicts = ", ".join(merged.conflicts)
+        branch = wt.branch
+        if ctx.rerun_on_conflict:
+            # The rerun starts the task's branch afresh: this attempt's stays, renamed.
+            branch = f"{wt.branch}-conflict{ctx.attempt}"
+            ctx.workspace.git("update-ref", refs.heads(branch), task_commit)
         return replace(
             out,
             status="fail",
             retryable=False,
-            branch=wt.branch,
-            blocker=f"merge conflict in {conflicts} (branch {wt.branch} kept)",
+            branch=branch,
+            blocker=f"merge conflict in {conflicts} (branch {branch} kept)",
+            error_class="merge_conflict",
+            conflicts=tuple(merged.conflicts),
         )
     return replace(
         out, status="pass", blocker=None, commit=merged.commit, branch_to_delete=wt.branch

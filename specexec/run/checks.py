@@ -17,6 +17,7 @@ from specexec.git.repo import find_repo_root, locate
 from specexec.git.runner import run as git
 from specexec.run.executor import RunOptions
 from specexec.tasksfile.bounds import room_problem
+from specexec.tasksfile.runlock import SpecNameClaim
 from specexec.tasksfile.types import Spec, WorkerConfig
 from specexec.workers.invocation import preset_problem
 from specexec.workers.resolve import cli_worker, repo_worker, resolve_worker
@@ -117,3 +118,15 @@ def refuse(specs: Sequence[Spec], opts: RunOptions) -> None:
     found = [p for spec in specs for p in problems(spec, opts)]
     if found:
         raise InvalidInput(f"{len(found)} problem(s) refuse the run", found)
+
+
+def name_claims(specs: Sequence[Spec], opts: RunOptions) -> list[SpecNameClaim]:
+    """The spec name claim of each folder that runs into an integration branch (not
+    taken yet: ``check()`` refuses a name another folder's run holds, read-only)."""
+    claims = []
+    for spec in specs:
+        root = find_repo_root(spec.dir)
+        if root is not None and uses_worktrees(spec, opts):
+            common = locate(root).common_dir
+            claims.append(SpecNameClaim(spec.dir, spec.name, common))
+    return claims

@@ -24,6 +24,7 @@ Zombies count as dead everywhere here: a container's PID 1 may never reap orphan
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import json
 import logging
@@ -274,7 +275,12 @@ class _Guardian:
     def _start(self) -> None:
         package_root = str(Path(__file__).resolve().parent.parent)
         self.owner = os.getpid()
-        self.proc = subprocess.Popen(
+        with _state_lock:
+            self.proc = self._popen(package_root)
+            _own_sessions.add(self.proc.pid)
+
+    def _popen(self, package_root: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [sys.executable, "-c", _GUARDIAN.format(package_root=package_root), str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
@@ -399,6 +405,254 @@ def _is_recorded_group(pgid: int, leader_time: float) -> bool:
     return True
 
 
+# --------------------------------------------------------------------------- task sweep
+
+# Every process of one attempt carries this variable with a value unique to the attempt:
+# it survives setsid, double forks, nohup and setpgid (a process keeps the environment it
+# was started with), so the attempt's end finds them all, wherever they were reparented.
+MARKER_VAR = "SPECEXEC_MARKER"
+# The runner's own children (git, the guardian) inherit this one instead; a child of the
+# runner that has neither is an orphan no one else owns (see _task_orphans).
+RUNNER_VAR = "SPECEXEC_RUNNER"
+_PR_SET_CHILD_SUBREAPER = 36
+
+# Pids the runner started in a session of their own (workers, the guardian): a zombie
+# child in another session that is not one of these is an orphan nobody else will reap.
+_own_sessions: set[int] = set()
+_in_flight = 0  # attempts between start and sweep in this process
+_live_markers: set[str] = set()  # their markers
+# When _in_flight last went from 0 to 1 (_process_clock), in a list to be set in place.
+_busy_since = [0.0]
+# Process start times are in clock ticks: a process born just before a reading.
+_BORN_SLACK_S = 0.05
+_state_lock = threading.Lock()
+
+
+def _subreaper() -> bool:
+    return become_subreaper.cache_info().currsize > 0 and become_subreaper()
+
+
+@functools.cache
+def become_subreaper() -> bool:
+    """Make this process the child subreaper of everything it starts (Linux): a worker's
+    orphans (double fork, setsid + exit) are reparented to it instead of to init, so they
+    stay findable and their zombies are reaped here (reap_orphans). Also marks the runner's
+    own environment (RUNNER_VAR) so that its legitimate children can be told apart."""
+    os.environ[RUNNER_VAR] = f"{os.getpid()}-{os.urandom(6).hex()}"
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def _process_clock() -> float:
+    """Now, on the clock of process start times (psutil's: boot time + time since boot;
+    time.time() can differ from it by up to a second)."""
+    if hasattr(time, "CLOCK_BOOTTIME"):
+        return float(psutil.boot_time()) + time.clock_gettime(time.CLOCK_BOOTTIME)
+    return time.time()
+
+
+def new_marker() -> str:
+    return f"{os.getpid()}-{os.urandom(8).hex()}"
+
+
+def _environ(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _user_pids() -> list[int]:
+    """Pids of this user's processes other than this one (cheap: one stat per pid)."""
+    me, uid = os.getpid(), os.getuid()
+    pids = []
+    if os.path.isdir("/proc/self"):
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) == me:
+                continue
+            try:
+                if os.stat(f"/proc/{name}").st_uid == uid:
+                    pids.append(int(name))
+            except OSError:
+                continue
+        return pids
+    for proc in psutil.process_iter(["uids"]):
+        uids = proc.info["uids"]
+        if proc.pid != me and uids is not None and uids.real == uid:
+            pids.append(proc.pid)
+    return pids
+
+
+def marked_processes(marker: str) -> list[int]:
+    """Live processes of this user whose environment carries MARKER_VAR=``marker`` (a
+    scan of every process: the fallback where the runner cannot be a subreaper)."""
+    needle = f"{MARKER_VAR}={marker}".encode()
+    found = []
+    for pid in _user_pids():
+        env = _environ(pid)
+        if env is not None and needle in env.split(b"\0"):
+            found.append(pid)
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid``, zombies included (Linux: the kernel's own lists, one
+    small read per thread instead of a scan of every process)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        tids = []
+    out: list[int] = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out.extend(int(x) for x in f.read().split())
+        except (OSError, ValueError):
+            continue
+    if not tids:
+        with contextlib.suppress(psutil.Error):
+            out = [p.pid for p in psutil.Process(pid).children()]
+    return out
+
+
+def _descendants(pids: Sequence[int]) -> set[int]:
+    out: set[int] = set()
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid not in out:
+            out.add(pid)
+            todo.extend(_children(pid))
+    return out
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
+def _orphans() -> list[int]:
+    """Children of this runner it did not start itself: reparented to it as subreaper
+    (its own git commands are in its session; its workers and guardian are recorded)."""
+    own_sid = _session(0)
+    with _state_lock:
+        own = set(_own_sessions)
+    return [
+        c for c in _children(os.getpid()) if c not in own and _session(c) not in (None, own_sid)
+    ]
+
+
+def _task_orphans(marker: str, cleared_since: float | None) -> list[int]:
+    """The orphans of the attempt with ``marker``; with ``cleared_since`` (the start of a
+    busy period that ends now: no other attempt in flight) also the orphans born since
+    then that no running attempt and not the runner can own: environment cleared, or a
+    marker forged or of an attempt that has ended. Only a worker can have left those."""
+    own = os.environ.get(RUNNER_VAR, "")
+    with _state_lock:
+        live = set(_live_markers)
+    try:
+        exe = os.readlink("/proc/self/exe")
+    except OSError:
+        exe = None
+    found = []
+    for pid in _orphans():
+        env = _environ(pid)
+        if env is None:
+            continue  # a zombie (reaped below) or gone
+        values = dict(item.partition(b"=")[::2] for item in env.split(b"\0") if item)
+        theirs = values.get(MARKER_VAR.encode(), b"").decode(errors="replace")
+        if theirs == marker:
+            found.append(pid)
+        elif cleared_since is None or theirs in live:
+            continue  # another running attempt's, or not attributable yet
+        elif own and values.get(RUNNER_VAR.encode()) == own.encode():
+            continue  # the runner's own (a detached git gc)
+        else:
+            born = system.start_time(pid)
+            with contextlib.suppress(OSError):
+                # Same exe as ours: forked by this runner and not yet exec'd.
+                if (
+                    born is not None
+                    and born >= cleared_since
+                    and os.readlink(f"/proc/{pid}/exe") != exe
+                ):
+                    found.append(pid)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status: str = psutil.Process(pid).status()
+    except psutil.Error:
+        return False
+    return bool(status != psutil.STATUS_ZOMBIE)
+
+
+def _signal_all(pids: Sequence[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _stop_all(pids: set[int], grace_s: float) -> set[int]:
+    """SIGTERM the processes and all their descendants, SIGKILL what is left after
+    ``grace_s``, reap what was reparented here. Returns every pid signalled."""
+    # Stopped first, so none of them forks more while the tree is collected.
+    _signal_all(sorted(pids), signal.SIGSTOP)
+    pids = _descendants(sorted(pids))
+    _signal_all(sorted(pids), signal.SIGSTOP)
+    _signal_all(sorted(pids), signal.SIGTERM)
+    _signal_all(sorted(pids), signal.SIGCONT)
+    deadline = time.monotonic() + max(0.0, grace_s)
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        reap_orphans()
+        time.sleep(_GROUP_POLL_S)
+    left = [p for p in pids if _alive(p)]
+    if left:
+        _signal_all(left, signal.SIGKILL)
+        deadline = time.monotonic() + _KILL_WAIT_S
+        while any(_alive(p) for p in left) and time.monotonic() < deadline:
+            time.sleep(_GROUP_POLL_S)
+    reap_orphans()
+    return pids
+
+
+def reap_orphans() -> list[int]:
+    """Reap the zombies of orphans reparented to this subreaper. Never a child this
+    process started (a Popen, git's included, must get its own exit status)."""
+    reaped = []
+    for child in _orphans():
+        with _state_lock:
+            if child in _own_sessions:
+                continue
+            with contextlib.suppress(ChildProcessError, OSError):
+                if not _alive(child) and os.waitpid(child, os.WNOHANG)[0] == child:
+                    reaped.append(child)
+    return reaped
+
+
+def sweep_task(marker: str, *, grace_s: float, cleared_since: float | None = None) -> list[int]:
+    """Stop every process the attempt with ``marker`` left behind, wherever it went
+    (setsid, double fork, setpgid), with all its descendants, and reap their zombies.
+    Returns the pids stopped."""
+    sub = _subreaper()
+    # Without a subreaper the orphans went to init: only a scan of everything finds them.
+    targets = set(_task_orphans(marker, cleared_since) if sub else marked_processes(marker))
+    targets.discard(os.getpid())
+    stopped = _stop_all(targets, grace_s) if targets else set()
+    if sub:
+        reap_orphans()
+    return sorted(stopped)
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -484,6 +738,12 @@ def run_process(
         return ProcessOutcome(None, False, False, 0.0, 0, "empty command")
     if cancel is not None and cancel.is_set():
         return ProcessOutcome(None, False, True, 0.0, 0, None)
+    global _in_flight
+    become_subreaper()
+    marker = new_marker()
+    # Never the runner's own mark: that would make the worker's orphans look like ours.
+    full_env = {k: v for k, v in env.items() if k != RUNNER_VAR}
+    full_env[MARKER_VAR] = marker
     log_fd = _open_log(log_path)
     stdin: Any = subprocess.DEVNULL
     registered: Path | None = None
@@ -493,16 +753,23 @@ def run_process(
         try:
             if stdin_path is not None:
                 stdin = open(stdin_path, "rb")  # noqa: SIM115 - closed in finally
-            proc = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                env=dict(env),
-                stdin=stdin,
-                stdout=log_fd,
-                stderr=log_fd,
-                start_new_session=True,
-                close_fds=True,
-            )
+            with _state_lock:
+                # Under the lock: reap_orphans must know it is ours before it can exit.
+                proc = subprocess.Popen(
+                    argv,
+                    cwd=cwd,
+                    env=full_env,
+                    stdin=stdin,
+                    stdout=log_fd,
+                    stderr=log_fd,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+                _own_sessions.add(proc.pid)
+                if _in_flight == 0:
+                    _busy_since[0] = _process_clock() - _BORN_SLACK_S
+                _in_flight += 1
+                _live_markers.add(marker)
         except OSError as exc:
             if stdin_path is not None and stdin is subprocess.DEVNULL:
                 message = f"cannot read the prompt file {stdin_path}: {exc.strerror or exc}"
@@ -538,10 +805,21 @@ def run_process(
                 _stop_group(None, pgid, grace_s)
         except BaseException:
             _stop_group(proc, pgid, min(grace_s, 1.0))
+            grace_s = min(grace_s, 1.0)
             raise
         finally:
             if pidfd is not None:
                 os.close(pidfd)
+            with _state_lock:
+                _in_flight -= 1
+                _live_markers.discard(marker)
+                since = _busy_since[0] if _in_flight == 0 else None
+            # Whatever left the group (setsid, double fork, setpgid) goes too, at every
+            # end: normal, timeout, cancel or an exception in this thread.
+            sweep_task(marker, grace_s=grace_s, cleared_since=since)
+            if proc.returncode is not None:
+                with _state_lock:
+                    _own_sessions.discard(proc.pid)
         duration = time.monotonic() - began
         rc = proc.returncode
         why = "timed out" if timed_out else "cancelled" if cancelled else f"exit {rc}"

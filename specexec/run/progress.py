@@ -11,7 +11,8 @@ from collections.abc import Callable
 from typing import IO, Any, Protocol
 
 from specexec import fmt, system
-from specexec.fmt import clean  # worker-provided text may carry newlines or escape codes
+from specexec.fmt import clean as clean  # re-exported: worker text is cleaned here
+from specexec.run.excerpt import shown_path
 
 
 class Reporter(Protocol):
@@ -57,16 +58,38 @@ def describe(kind: str, f: dict[str, Any]) -> str | None:
     if kind == "task_finished":
         status = f["status"]
         line = f"{status:6} {who} in {fmt.seconds(f.get('seconds', 0.0))}"
-        if f.get("blocker"):
-            line += f": {clean(f['blocker'])}"
+        if f.get("error_class"):
+            line += f" [{f['error_class']}]"
+        excerpt = [clean(x, 200) for x in f.get("excerpt") or ()]
+        blocker = str(f.get("blocker") or "")
+        if excerpt:
+            # The cause first, in the worker's own words; the exit code after it.
+            blocker = blocker.split("; last output: ")[0]
+            line += ": " + " | ".join(excerpt) + (f" ({clean(blocker, 200)})" if blocker else "")
+        elif blocker:
+            line += f": {clean(blocker)}"
         if f.get("scope_violations"):
             outside = ", ".join(clean(p, 100) for p in f["scope_violations"][:5])
             more = len(f["scope_violations"]) - 5
             outside += f" and {more} more" if more > 0 else ""
             line += f" (outside relevant_files: {outside})"
+        if status == "fail" and f.get("log"):
+            line += f"; log: {shown_path(f['log'])}"
         return line
     if kind == "task_blocked":
         return f"blocked {who}: {clean(f.get('blocker', ''))}"
+    if kind == "task_waiting":
+        resume = str(f.get("resume_at", ""))[11:19]  # HH:MM:SS of the ISO time (UTC)
+        return (
+            f"wait   {who}: {f.get('error_class')}, resumes {resume} UTC "
+            f"(in {fmt.seconds(f.get('seconds', 0.0))}): {clean(f.get('reason') or '')}"
+        )
+    if kind == "concurrency":
+        return f"note: {clean(f['worker'], 80)}: at most {f['limit']} at once ({f['why']})"
+    if kind == "resource_wait":
+        return f"note: no new task starts: {f['reason']}"
+    if kind == "resource_ok":
+        return f"note: starting tasks again after {fmt.seconds(f.get('seconds', 0.0))}"
     if kind == "task_recovered":
         return f"recovered {who}: {clean(f.get('note', ''))}"
     if kind == "notice":
@@ -98,75 +121,11 @@ class PlainReporter:
         pass
 
 
-class LiveReporter:
-    """A live view for terminals: the lines of PlainReporter scroll above a panel of the
-    running tasks with elapsed time and attempt, done/total, elapsed and ETA."""
-
-    def __init__(self, eta: Callable[[], float | None] | None = None) -> None:
-        from rich.console import Console
-        from rich.live import Live
-
-        self.console = Console(highlight=False)
-        self.eta = eta
-        self.running: dict[str, tuple[float, int]] = {}
-        self.total = 0
-        self.done = 0
-        self.started = time.monotonic()
-        self._lock = threading.Lock()
-        self.live = Live(
-            console=self.console, refresh_per_second=4, transient=True, get_renderable=self._render
-        )
-        self.live.start()
-
-    def _render(self) -> Any:
-        from rich.table import Table
-
-        with self._lock:
-            now = time.monotonic()
-            table = Table.grid(padding=(0, 2))
-            for who, (since, attempt) in sorted(self.running.items()):
-                tries = f"attempt {attempt}" if attempt > 1 else ""
-                table.add_row("[cyan]running[/]", who, fmt.seconds(now - since), tries)
-            eta = self.eta() if self.eta else None
-            eta_text = f" · ETA ~{fmt.seconds(eta)}" if eta is not None else ""
-            table.add_row(
-                "[bold]",
-                f"[bold]{self.done}/{self.total} done[/] · {len(self.running)} running",
-                fmt.seconds(now - self.started) + eta_text,
-                "",
-            )
-            return table
-
-    def event(self, kind: str, **fields: Any) -> None:
-        who = f"{fields.get('spec', '')}/{fields.get('task', '')}"
-        with self._lock:
-            if kind == "run_started":
-                self.total = int(fields["pending"])
-                self.started = time.monotonic()
-            elif kind == "task_started":
-                self.running[who] = (time.monotonic(), int(fields.get("attempt", 1)))
-            elif kind == "task_finished":
-                self.running.pop(who, None)
-                self.done += 1
-            elif kind == "task_blocked":
-                self.done += 1
-            elif kind == "task_released":
-                self.running.pop(who, None)
-        line = describe(kind, fields)
-        if line is not None and kind != "task_started":
-            style = {
-                "task_finished": "green" if fields.get("status") == "pass" else "red",
-                "task_blocked": "yellow",
-            }.get(kind, "")
-            self.console.print(line, style=style, markup=False)
-
-    def close(self) -> None:
-        self.live.stop()
-
-
 def make_reporter(as_json: bool, eta: Callable[[], float | None] | None = None) -> Reporter:
     if as_json:
         return JsonReporter()
     if sys.stdout.isatty():
-        return LiveReporter(eta)
+        from specexec.run.live import LiveView  # it imports describe() from here
+
+        return LiveView(eta)
     return PlainReporter()

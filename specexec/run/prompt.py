@@ -30,7 +30,10 @@ import functools
 import json
 import operator
 import os
+import re
 import stat
+import threading
+import time
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,10 +42,12 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
+from jinja2.nodes import Concat
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from specexec.errors import InvalidInput, UnsafePath
+from specexec.errors import InvalidInput, SpecexecError, UnsafePath
 from specexec.tasksfile.types import PROMPT_OVERRIDE, Spec, Task
 
 TEMPLATE_MAX_BYTES = 1024 * 1024
@@ -61,6 +66,95 @@ DEFAULT_INSTRUCTIONS = (
 # Limits on what a template expression may build (the sandbox alone does not bound them).
 _MAX_REPEAT = 1_000_000  # items or characters made by `*`
 _MAX_POWER_BITS = 100_000  # bits of an int made by `**`
+
+# The budget of one rendering (internal, not configurable by a spec folder): a template
+# is user-supplied code, and without these a loop of 3000*3000*300 ignores --timeout and
+# Ctrl-C. The time is checked at every iteration of every loop and every macro call.
+RENDER_BUDGET_S = 5.0
+PROMPT_MAX_CHARS = 4 * 1024 * 1024  # the rendered prompt
+# Any one string or list a template builds (`~`, `+`, `%`, a filter, a method call):
+# bounds memory where no output is produced (a string doubled in a loop).
+_MAX_BUILT = PROMPT_MAX_CHARS
+# A width or precision that would build more than _MAX_BUILT at once ("%999999999s").
+_HUGE_WIDTH = re.compile(r"%[-#0 +]*(?:\*|\d{7,})|%[-#0 +]*\d*\.(?:\*|\d{7,})")
+_HUGE_FORMAT = re.compile(r"\{[^{}]*:[^{}]*\d{7,}")
+_WIDTH_FILTERS = frozenset({"center", "indent", "wordwrap", "truncate", "batch", "slice"})
+
+
+class RenderCancelled(SpecexecError):
+    """Rendering stopped because the run was interrupted (Ctrl-C, SIGTERM)."""
+
+
+class _OverTime(Exception):
+    pass
+
+
+class _TooLarge(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class _Budget:
+    deadline: float
+    cancel: threading.Event | None
+
+
+# The budget of the rendering running in this thread (the daemon renders in several).
+_current = threading.local()
+
+
+def _checkpoint() -> None:
+    budget: _Budget | None = getattr(_current, "budget", None)
+    if budget is None:
+        return
+    if budget.cancel is not None and budget.cancel.is_set():
+        raise RenderCancelled("interrupted while rendering the prompt")
+    if time.monotonic() > budget.deadline:
+        raise _OverTime
+
+
+def _built(value: Any) -> Any:
+    """``value``, refused when it is a string or list larger than _MAX_BUILT."""
+    if isinstance(value, str | list | tuple) and len(value) > _MAX_BUILT:
+        raise _TooLarge
+    return value
+
+
+def _no_huge_ints(args: Sequence[Any]) -> None:
+    for arg in args:
+        if isinstance(arg, int) and not isinstance(arg, bool) and abs(arg) > _MAX_BUILT:
+            raise _TooLarge
+        if isinstance(arg, tuple):
+            _no_huge_ints(arg)
+
+
+def _bounded_filter(name: str, func: Any) -> Any:
+    @functools.wraps(func)
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        if name in _WIDTH_FILTERS:
+            _no_huge_ints(args[1:] + tuple(kwargs.values()))
+        elif name == "format" and args and isinstance(args[0], str):
+            if _HUGE_WIDTH.search(args[0]):
+                raise _TooLarge
+            _no_huge_ints(args[1:])
+        _checkpoint()
+        return _built(func(*args, **kwargs))
+
+    return bounded
+
+
+class _Generator(CodeGenerator):
+    """Jinja's code generator with a budget check at the start of every block body
+    (each loop iteration, each macro call) and around every ``~``."""
+
+    def blockvisit(self, nodes: Any, frame: Frame) -> None:
+        self.writeline("environment.checkpoint()")
+        super().blockvisit(nodes, frame)
+
+    def visit_Concat(self, node: Concat, frame: Frame) -> None:
+        self.write("environment.built(")
+        super().visit_Concat(node, frame)
+        self.write(")")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,9 +188,38 @@ class MergedInput:
 
 
 class _Environment(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+    code_generator_class = _Generator
+
+    @staticmethod
+    def checkpoint() -> None:
+        _checkpoint()
+
+    @staticmethod
+    def built(value: Any) -> Any:
+        return _built(value)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        # A str or list method with a huge count or width (" ".ljust(10**9)) is refused
+        # before it allocates; every result (macros too) is bounded after.
+        # (str.format comes wrapped by the sandbox: the method is its __wrapped__.)
+        owner = getattr(getattr(__obj, "__wrapped__", __obj), "__self__", None)
+        if isinstance(owner, str | list | tuple):
+            _no_huge_ints(args + tuple(kwargs.values()))
+            if isinstance(owner, str) and _HUGE_FORMAT.search(owner):
+                raise _TooLarge
+        _checkpoint()
+        return _built(super().call(__context, __obj, *args, **kwargs))
 
     def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
+        if operator_ == "+":
+            return _built(operator.add(left, right))
+        if operator_ == "%":
+            if isinstance(left, str):
+                if _HUGE_WIDTH.search(left):
+                    raise _TooLarge
+                _no_huge_ints(right if isinstance(right, tuple) else (right,))
+            return _built(operator.mod(left, right))
         if operator_ == "**":
             if (
                 isinstance(left, int)
@@ -128,6 +251,8 @@ def _environment() -> _Environment:
         lstrip_blocks=True,
     )
     env.filters["json"] = _json_filter
+    for name, func in list(env.filters.items()):
+        env.filters[name] = _bounded_filter(name, func)
     return env
 
 
@@ -268,9 +393,14 @@ def render_prompt(
     merged: MergedInput | None = None,
     result_file: str = "$" + RESULT_ENV,
     answer_block: bool = True,
+    conflicts: Sequence[str] = (),
+    cancel: threading.Event | None = None,
 ) -> str:
-    """The worker prompt for ``task``. Raises InvalidInput (UnsafePath) for a bad template.
-    ``result_file`` is the path the prompt tells the worker to write its result to."""
+    """The worker prompt for ``task``. Raises InvalidInput (UnsafePath) for a bad template
+    or one over its budget (RENDER_BUDGET_S, PROMPT_MAX_CHARS); RenderCancelled once
+    ``cancel`` is set (checked as the template runs).
+    ``result_file`` is the path the prompt tells the worker to write its result to;
+    ``conflicts`` the paths whose merge conflicted last time (on_conflict "rerun")."""
     source, filename = _load(spec.dir)
     variables = {
         "task": _task_vars(spec, task),
@@ -302,9 +432,21 @@ def render_prompt(
         "result_env": RESULT_ENV,
         "result_file": result_file,
         "answer_block": answer_block,
+        "conflicts": list(conflicts),
     }
+    budget = _Budget(time.monotonic() + RENDER_BUDGET_S, cancel)
     try:
-        text = _compile(source, filename).render(variables)
+        text = _render(_compile(source, filename), variables, budget)
+    except _OverTime:
+        raise InvalidInput(
+            f"{filename}: the prompt took longer than its rendering budget of "
+            f"{RENDER_BUDGET_S:g} s (a loop too long?)"
+        ) from None
+    except (_TooLarge, MemoryError):
+        raise InvalidInput(
+            f"{filename}: the prompt is larger than its budget of "
+            f"{PROMPT_MAX_CHARS // (1024 * 1024)} Mi characters"
+        ) from None
     except jinja2.TemplateSyntaxError as exc:
         raise InvalidInput(
             f"{filename}:{exc.lineno}: template syntax error: {exc.message}"
@@ -314,6 +456,24 @@ def render_prompt(
     except RecursionError:
         raise InvalidInput(f"{filename}: template error: recursion too deep") from None
     return text if text.endswith("\n") else text + "\n"
+
+
+def _render(template: jinja2.Template, variables: dict[str, Any], budget: _Budget) -> str:
+    """Render within ``budget``: its deadline and cancel event are checked by the
+    compiled template itself (_Generator), the prompt's size as it is produced."""
+    saved = getattr(_current, "budget", None)
+    _current.budget = budget
+    try:
+        parts: list[str] = []
+        size = 0
+        for part in template.generate(variables):
+            size += len(part)
+            if size > PROMPT_MAX_CHARS:
+                raise _TooLarge
+            parts.append(part)
+        return "".join(parts)
+    finally:
+        _current.budget = saved
 
 
 def _message(exc: BaseException) -> str:

@@ -31,7 +31,9 @@ def sweep_workers(spec: Spec) -> None:
 def recover(spec: Spec, store: TasksStore, events: EventLog, ws: Workspace | None) -> list[str]:
     """Make a spec folder consistent after a run that died (call with the run lock held).
 
-    A task whose branch is already merged passed (its change must not be merged twice);
+    A task whose own snapshot (``refs/specexec/snapshots/<spec>/<task>``, the commit
+    specexec made to merge it) is reachable from the integration branch passed (its
+    change must not be merged twice); where a worker left its task branch never counts;
     a task left in_progress goes back to pending; leftover worktrees of tasks that will
     run again are removed when they start. Returns one note per change."""
     notes = []
@@ -53,8 +55,9 @@ def _drop_stale_worktrees(spec: Spec, ws: Workspace) -> None:
 
 
 def _pass_merged(spec: Spec, store: TasksStore, events: EventLog, ws: Workspace) -> list[str]:
-    """Tasks whose branch a dead run merged but did not record: pass; then the merged
-    branches (and any worktree) it could not delete go."""
+    """Tasks whose snapshot a dead run merged but did not record: pass (``is_merged``:
+    that very commit is reachable); then the merged branches (and any worktree) it could
+    not delete go."""
     notes = []
     leftovers = ws.task_branches(spec.name)
     merged: dict[str, dict[str, Any]] = {}
@@ -97,7 +100,8 @@ def recover_in_progress(
                     attempt=t.get("attempts"),
                     reason=reason,
                 )
-                set_fields(t, {"status": "pending", "started_at": DELETE})
+                # waiting_until: a rate limit the dead run was waiting out.
+                set_fields(t, {"status": "pending", "started_at": DELETE, "waiting_until": DELETE})
                 recovered.append(t["id"])
         return bool(recovered)
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import html
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from specexec import fmt
+from specexec.run.excerpt import shown_path
 from specexec.run.handoff import merge_data
 from specexec.tasksfile.types import MergeConfig
 
@@ -38,6 +40,11 @@ class TaskRecord:
     wave: int | None = None
     critical: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    error_class: str | None = None  # why it failed (workers.agent.ERROR_CLASSES)
+    waits: int = 0  # rate limits / overloads waited out (not retries)
+    waited_seconds: float = 0.0
+    log: str | None = None  # the task's log in the run folder
+    excerpt: tuple[str, ...] = ()  # the telling lines of a failed attempt's output
 
     @property
     def seconds(self) -> float:
@@ -62,6 +69,7 @@ def run_metrics(
 ) -> dict[str, Any]:
     """The figures of pattern 001/003 for one run."""
     ran = [r for r in records if r.start is not None]
+    ended = [r for r in ran if r.status != "pending"]  # not the interrupted
     critical = set(critical_path)
     wall = max(finished - started, 1e-9)
     task_sum = sum(r.seconds for r in ran)
@@ -71,7 +79,11 @@ def run_metrics(
     # Coordination overhead: specexec's own time around the workers (worktrees, commits,
     # merges, bookkeeping), summed over tasks.
     overhead = sum(max(r.seconds - r.worker_seconds, 0.0) for r in ran)
-    costs = [r.cost_usd for r in ran if r.cost_usd is not None]
+    costs = [r.cost_usd for r in records if r.cost_usd is not None]
+    token_sums: dict[str, int] = {}
+    for r in records:
+        for k, v in (r.tokens or {}).items():
+            token_sums[k] = token_sums.get(k, 0) + v
     events = sorted(
         [(r.start, 1) for r in ran] + [(r.end, -1) for r in ran if r.end is not None],
         key=lambda e: (e[0], e[1]),
@@ -83,6 +95,8 @@ def run_metrics(
     counts = {
         s: sum(1 for r in records if r.status == s) for s in ("pass", "fail", "blocked", "pending")
     }
+    # Of the pending: the tasks that ran and were stopped (Ctrl-C, a drain).
+    counts["interrupted"] = sum(1 for r in ran if r.status == "pending")
     speedup = task_sum / wall if ran else 0.0
     return {
         "run_id": run_id,
@@ -107,9 +121,16 @@ def run_metrics(
             "failed": failed_attempts,
             "retried": sum(r.retried for r in ran),
         },
-        "success_rate": round(succeeded / len(ran), 3) if ran else 0.0,
+        "success_rate": round(succeeded / len(ended), 3) if ended else 0.0,
         "coordination_overhead_seconds": round(overhead, 3),
         "cost_usd": round(sum(costs), 6) if costs else None,
+        "tokens": token_sums or None,
+        "error_classes": {
+            c: n
+            for c in sorted({r.error_class for r in records if r.error_class})
+            if (n := sum(1 for r in records if r.error_class == c))
+        },
+        "waits": sum(r.waits for r in records),
         "integration_branches": list(integration_branches),
         # Shallow (asdict deep-copies every value): the document is only serialised.
         "records": [
@@ -122,9 +143,12 @@ def run_metrics(
 def summary_lines(m: dict[str, Any]) -> list[str]:
     """The end-of-run summary every run prints."""
     t = m["tasks"]
+    stopped = t.get("interrupted", 0)
+    not_run = t["pending"] - stopped
     lines = [
         f"{t['pass']} passed, {t['fail']} failed, {t['blocked']} blocked"
-        + (f", {t['pending']} not run" if t["pending"] else "")
+        + (f", {stopped} interrupted" if stopped else "")
+        + (f", {not_run} not run" if not_run else "")
         + f" of {m['tasks_total']} task(s)",
         f"wall {fmt.seconds(m['wall_seconds'])} · task time {fmt.seconds(m['task_seconds_sum'])}"
         f" · speedup {m['speedup']:.2f}x · efficiency {m['parallel_efficiency'] * 100:.0f}%"
@@ -132,11 +156,34 @@ def summary_lines(m: dict[str, Any]) -> list[str]:
     ]
     if m["critical_path"]:
         lines.append(f"critical path: {' -> '.join(m['critical_path'])}")
-    if m.get("cost_usd") is not None:
-        lines.append(f"agent cost: ${m['cost_usd']:.4f}")
+    if m.get("cost_usd") is not None or m.get("tokens"):
+        spent = [f"${m['cost_usd']:.4f}"] if m.get("cost_usd") is not None else []
+        if m.get("tokens"):
+            tok = m["tokens"]
+            spent.append(f"{tok.get('input', 0) + tok.get('output', 0)} tokens (input + output)")
+        lines.append("agent cost: " + ", ".join(spent))
+    if m.get("budget_reached"):
+        lines.append(f"{m['budget_reached']}: the tasks left stay pending")
+    for why in (m.get("stopped_workers") or {}).values():
+        lines.append(f"stopped: {why}")
+    if m.get("waits"):
+        lines.append(f"waited out {m['waits']} rate limit(s) / overload(s)")
+    for r in m.get("records") or ():  # a run_finished event carries no records
+        if r["status"] == "fail":
+            lines.append(failure_line(r))
     for b in m["integration_branches"]:
         lines.append(f"review: git log --oneline --graph {b}")
     return lines
+
+
+def failure_line(r: dict[str, Any]) -> str:
+    """``fail spec/task: <the telling output lines> (log: <path>)`` for a failed record."""
+    # The worker's own output: made safe for the terminal, cut.
+    cause = fmt.clean(" | ".join(r.get("excerpt") or ()), 300) or fmt.clean(
+        r.get("blocker") or "", 200
+    )
+    log = f" (log: {fmt.clean(shown_path(r['log']), None)})" if r.get("log") else ""
+    return f"fail {r['spec']}/{r['task']}: {cause}{log}"
 
 
 def _merged_findings(records: Sequence[dict[str, Any]]) -> list[Any]:
@@ -146,29 +193,164 @@ def _merged_findings(records: Sequence[dict[str, Any]]) -> list[Any]:
     return merge_data(MergeConfig("union"), lists)
 
 
-def _gantt(m: dict[str, Any]) -> list[str]:
-    recs = [r for r in m["records"] if r["start"] is not None and r["end"] is not None]
-    if not recs:
+def _clock(t: float) -> str:
+    """An epoch time as the Gantt chart reads it: ``2026-12-01 23:04:05`` (UTC)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+
+
+def _gantt_chart(title: str, sections: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> list[str]:
+    """A mermaid Gantt chart with readable times (UTC, to the second)."""
+    sections = [
+        (name, [r for r in recs if r["start"] is not None and r["end"] is not None])
+        for name, recs in sections
+    ]
+    sections = [(name, recs) for name, recs in sections if recs]
+    if not sections:
         return []
     lines = [
         "```mermaid",
         "gantt",
-        f"  title run {m['run_id']}",
-        "  dateFormat x",
-        "  axisFormat %M:%S",
+        f"  title {title}",
+        "  dateFormat YYYY-MM-DD HH:mm:ss",
+        "  axisFormat %H:%M:%S",
     ]
-    for spec in dict.fromkeys(r["spec"] for r in recs):
-        lines.append(f"  section {spec}")
-        for r in sorted((r for r in recs if r["spec"] == spec), key=lambda r: r["start"]):
-            tags = ["crit"] if r["critical"] else []
+    for name, recs in sections:
+        lines.append(f"  section {name}")
+        for r in sorted(recs, key=lambda r: r["start"]):
+            tags = ["crit"] if r.get("critical") else []
             tags.append({"pass": "done", "fail": "active"}.get(r["status"], "done"))
-            start, end = (
-                int(r["start"] * 1000),
-                max(int(r["end"] * 1000), int(r["start"] * 1000) + 1),
-            )
-            lines.append(f"  {r['task']} ({r['status']}) :{', '.join(tags)}, {start}, {end}")
+            # A bar is at least one second long: shorter ones would not show.
+            end = max(r["end"], r["start"] + 1)
+            label = f"{r['task']} ({r['status']}, {fmt.duration(r['seconds'])})"
+            lines.append(f"  {label} :{', '.join(tags)}, {_clock(r['start'])}, {_clock(end)}")
     lines.append("```")
     return lines
+
+
+def _gantt(m: dict[str, Any]) -> list[str]:
+    recs = m["records"]
+    return _gantt_chart(
+        f"run {m['run_id']} (UTC)",
+        [
+            (spec, [r for r in recs if r["spec"] == spec])
+            for spec in dict.fromkeys(r["spec"] for r in recs)
+        ],
+    )
+
+
+def spec_overview(
+    spec: str, tasks: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """The whole spec across its runs: every task of tasks.json (its status there is the
+    truth) with its latest outcome from the run folders' run.json (``runs`` oldest
+    first). A record of a task that ran beats a later one of a task never started."""
+    latest: dict[str, tuple[str, dict[str, Any]]] = {}
+    for m in runs:
+        for r in m.get("records") or ():
+            if r.get("spec") != spec:
+                continue
+            before = latest.get(r["task"])
+            if before is None or r.get("start") is not None or before[1].get("start") is None:
+                latest[r["task"]] = (m["run_id"], r)
+    rows = []
+    for t in tasks:
+        run_id, rec = latest.get(t["id"], (None, None))
+        rows.append(
+            {
+                "id": t["id"],
+                "status": t.get("status", "pending"),
+                "attempts": t.get("attempts", 0),
+                "run_id": run_id,
+                "seconds": rec["seconds"] if rec else None,
+                "blocker": t.get("blocker") or (rec or {}).get("blocker"),
+                "error_class": t.get("error_class"),
+                "excerpt": list((rec or {}).get("excerpt") or ()),
+                "log": (rec or {}).get("log"),
+                "record": rec,
+            }
+        )
+    totals: dict[str, int] = {}
+    for row in rows:
+        totals[row["status"]] = totals.get(row["status"], 0) + 1
+    return {
+        "spec": spec,
+        "tasks": rows,
+        "totals": totals,
+        "runs": [
+            {
+                k: m.get(k)
+                for k in ("run_id", "started_at", "wall_seconds", "tasks", "max_concurrent")
+            }
+            for m in runs
+        ],
+        "integration_branches": sorted(
+            {b for m in runs for b in m.get("integration_branches") or ()}
+        ),
+    }
+
+
+def render_spec_markdown(doc: dict[str, Any]) -> str:
+    """The report of a whole spec: what every task's state is and why, over all runs."""
+    tot = doc["totals"]
+    out = [
+        f"# specexec report: spec {doc['spec']}",
+        "",
+        f"- {len(doc['tasks'])} task(s): " + ", ".join(f"{n} {s}" for s, n in sorted(tot.items())),
+        f"- {len(doc['runs'])} run(s); the latest outcome of each task is shown",
+    ]
+    for b in doc["integration_branches"]:
+        out.append(f"- integration branch: {b} (`git log --oneline --graph {b}`)")
+    out += [
+        "",
+        "## Tasks",
+        "",
+        "| task | status | tries | time | last run | cause |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in doc["tasks"]:
+        cause = " / ".join(t["excerpt"]) or (t["blocker"] or "")
+        cause = fmt.clean(cause, 200).replace("|", "\\|")
+        shown = "-" if t["seconds"] is None else fmt.duration(t["seconds"])
+        out.append(
+            f"| {t['id']} | {t['status']} | {t['attempts']} | {shown} | {t['run_id'] or '-'} "
+            f"| {cause} |"
+        )
+    failed = [t for t in doc["tasks"] if t["status"] in ("fail", "blocked")]
+    if failed:
+        out += ["", "## Failures", ""]
+        for t in failed:
+            cause = " | ".join(t["excerpt"]) or fmt.clean(t["blocker"] or "no reason recorded", 200)
+            out.append(f"- {t['id']} ({t['status']}): {cause}")
+            if t["log"]:
+                out.append(f"  log: {t['log']}")
+        out.append("")
+        out.append("Fix the causes above, then `specexec run --retry-failed`.")
+    out += [
+        "",
+        "## Runs",
+        "",
+        "| run | wall | passed | failed | blocked | pending | max concurrent |",
+    ]
+    out.append("|---|---|---|---|---|---|---|")
+    for m in doc["runs"]:
+        c = m.get("tasks") or {}
+        out.append(
+            f"| {m['run_id']} | {fmt.duration(m.get('wall_seconds') or 0)} | {c.get('pass', 0)} "
+            f"| {c.get('fail', 0)} | {c.get('blocked', 0)} | {c.get('pending', 0)} "
+            f"| {m.get('max_concurrent', 0)} |"
+        )
+    sections = []
+    for m in doc["runs"]:
+        recs = [
+            t["record"] | {"task": t["id"]}
+            for t in doc["tasks"]
+            if t["record"] is not None and t["run_id"] == m["run_id"]
+        ]
+        sections.append((f"run {m['run_id']}", recs))
+    gantt = _gantt_chart(f"spec {doc['spec']} (UTC)", sections)
+    if gantt:
+        out += ["", "## Timeline", "", *gantt]
+    return "\n".join(out) + "\n"
 
 
 def render_markdown(m: dict[str, Any]) -> str:
@@ -177,14 +359,18 @@ def render_markdown(m: dict[str, Any]) -> str:
     out += [
         "## Tasks",
         "",
-        "| spec | task | status | tries | time | blocker |",
-        "|---|---|---|---|---|---|",
+        "| spec | task | status | tries | time | cost | tokens | class | blocker |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in recs:
         blocker = (r["blocker"] or "").replace("|", "\\|").replace("\n", " ")
+        cost = f"${r['cost_usd']:.4f}" if r.get("cost_usd") is not None else ""
+        tok = r.get("tokens") or {}
+        tokens = str(tok.get("input", 0) + tok.get("output", 0)) if tok else ""
         out.append(
             f"| {r['spec']} | {r['task']} | {r['status']} | {r['attempts']} | "
-            f"{fmt.seconds(r['seconds'])} | {blocker} |"
+            f"{fmt.seconds(r['seconds'])} | {cost} | {tokens} | {r.get('error_class') or ''} "
+            f"| {blocker} |"
         )
     out += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
     for key in (

@@ -20,18 +20,18 @@ from specexec.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TASK_FAILED, Invalid
 from specexec.git.repo import find_repo_root
 from specexec.git.workspace import Workspace
 from specexec.plan import planner, schedule
+from specexec.run import checks
 from specexec.run.executor import Executor, RunOptions, SpecRun, new_run_id
 from specexec.run.progress import Reporter, make_reporter
 from specexec.run.recovery import recover, sweep_workers
 from specexec.run.report import render_markdown, summary_lines
+from specexec.tasksfile import bounds
 from specexec.tasksfile.events import EventLog
 from specexec.tasksfile.reset import reset_tasks
 from specexec.tasksfile.runlock import RunLock
 from specexec.tasksfile.schema import load_spec
 from specexec.tasksfile.store import CoalescingWriter, TasksStore, private_dir, runtime_dir
 from specexec.tasksfile.types import Spec
-from specexec.workers.invocation import preset_problem
-from specexec.workers.resolve import cli_worker, repo_worker, resolve_worker
 
 __all__ = ["RunOptions", "run_specs"]
 
@@ -61,33 +61,9 @@ def _load_all(spec_dirs: Sequence[str]) -> list[Spec]:
     return specs
 
 
-def _needs_git(spec: Spec, opts: RunOptions) -> bool:
-    return any(
-        (opts.isolation or t.isolation) == "worktree" for t in spec.tasks if t.status != "pass"
-    )
-
-
 def _workers(spec: Spec, opts: RunOptions) -> dict[str, Any]:
     """The resolved worker of each task, refusing what cannot run (all problems at once)."""
-    override = cli_worker(opts.worker)
-    from_repo = repo_worker(find_repo_root(spec.dir))
-    workers, problems = {}, []
-    for t in spec.tasks:
-        w = resolve_worker(t, spec, override, from_repo)
-        workers[t.id] = w
-        if t.status in ("pass",):
-            continue
-        if (p := preset_problem(w, t)) is not None:
-            problems.append(f'{spec.tasks_file}: task "{t.id}": {p}')
-        elif not opts.allow_commands and (
-            w is None or w.command is not None or w.preset in (None, "shell") or t.verify
-        ):
-            # `verify` (or defaults.verify) is a shell command from the spec folder too.
-            what = "its own command" if not t.verify else f"a verify command ({t.verify!r})"
-            problems.append(
-                f'{spec.tasks_file}: task "{t.id}": runs {what}, which the daemon '
-                "only allows with --allow-commands (or [tool.specexec] allow_commands = true)"
-            )
+    workers, problems = checks.workers(spec, opts)
     if problems:
         raise InvalidInput(f"{spec.tasks_file}: {len(problems)} task(s) cannot run", problems)
     return workers
@@ -149,13 +125,23 @@ def run_specs(
     tasks, ``slots`` is a job pool shared with the other runs, and with a ``reporter``
     of their own the summary is a ``run_finished`` event instead of lines on stdout."""
     specs = _load_all(spec_dirs)
+    # Every check that can refuse the run, before the first lock or write: an exit 2
+    # leaves no trace (and `validate` runs the same checks).
+    checks.refuse(specs, opts)
     if opts.dry_run:
         return _dry_run(specs, opts)
+    # Two folders of one spec name would run into one integration branch: the second
+    # is refused naming both, before anything of it is written.
+    claims = checks.name_claims(specs, opts)
+    for claim in claims:
+        claim.check()
     run_id = new_run_id()
     cancel = cancel if cancel is not None else threading.Event()
     with contextlib.ExitStack() as stack:
         for spec in specs:
             stack.enter_context(RunLock(spec.dir, wait=opts.wait, run_id=run_id))
+        for claim in claims:
+            stack.enter_context(claim)
         # Every folder is checked before any is changed: one that refuses the run leaves
         # the tasks.json of the others as it was too.
         checked = [_check(spec, opts, run_id) for spec in specs]
@@ -221,12 +207,12 @@ def _check(spec: Spec, opts: RunOptions, run_id: str) -> _Checked:
     sweep_workers(spec)  # worker groups a dead run left
     root = find_repo_root(spec.dir)
     ws: Workspace | None = None
-    if _needs_git(spec, opts) and root is None:
+    if checks.needs_git(spec, opts) and root is None:
         raise InvalidInput(
             f"{spec.dir}: not inside a git repository; tasks need one for their worktrees "
             "(or use --isolation none for tasks that change nothing)"
         )
-    if root is not None and any((opts.isolation or t.isolation) == "worktree" for t in spec.tasks):
+    if root is not None and checks.uses_worktrees(spec, opts):
         # Even when every task passed: a dead run may have left merged branches behind.
         ws = Workspace(root)
     _workers(spec, opts)
@@ -263,9 +249,12 @@ def _start(checked: _Checked, opts: RunOptions, reporter: Reporter | None) -> Sp
     workers = _workers(spec, opts)
     plan = planner.make_plan(spec.tasks, opts.jobs)
     store.update(top={"execution_strategy": planner.execution_strategy(plan)})
+    bounds.plan_records(store, spec)  # each task's share of the room left in tasks.json
     waves = {tid: w.wave_id for w in plan.waves for tid in w.tasks}
     results = {
-        t.id: dict(t.raw["result"]) for t in spec.tasks if isinstance(t.raw.get("result"), dict)
+        t.id: bounds.full_result(spec.dir, t.raw["result"])
+        for t in spec.tasks
+        if isinstance(t.raw.get("result"), dict)
     }
     return SpecRun(
         spec=spec,

@@ -2,7 +2,7 @@
 load again (``jsonio.MAX_BYTES``).
 
 - Before a run: ``room_problem`` refuses a spec whose tasks could not all be recorded (each
-  finished task needs at least ``RECORD_MIN`` bytes, the plan its ``execution_strategy``).
+  finished task needs at least ``min_record`` bytes, the plan its ``execution_strategy``).
 - At its start: ``plan_records`` gives each task to run an equal share of the room left
   (at most ``RECORD_MAX``).
 - When a task finishes: ``bound_record`` keeps its fields within that share. What does not
@@ -26,14 +26,14 @@ from specexec.tasksfile import jsonio
 from specexec.tasksfile.store import DELETE, TasksStore
 from specexec.tasksfile.types import RUNTIME_DIR, Spec
 
-# A finished task's fields, cut as far as they go: status, times, attempts, commit,
-# branch, a clipped blocker, a result summary with its pointer (about 700 bytes encoded).
-RECORD_MIN: Final = 1024
 # The most one task's record takes in tasks.json, however much room there is.
 RECORD_MAX: Final = 256 * 1024
-# Characters of a blocker or of notes kept in tasks.json once a record is cut.
+# Encoded bytes of a blocker or of notes kept in tasks.json once a record is cut, then,
+# where even that does not fit, less.
 TEXT_MAX: Final = 1000
-_TEXT_MIN: Final = 120
+_TEXT_STEPS: Final = (TEXT_MAX, 120, 40)
+# What else a run may set on a task (waiting_until, error_class, ...): a reserve.
+_OTHER_FIELDS: Final = 160
 # The largest record file read back (the worker's result file is capped at 4 MiB; a
 # result parsed from output may be bigger).
 _RECORD_FILE_MAX: Final = 64 * 1024 * 1024
@@ -44,6 +44,31 @@ def to_record(spec: Spec) -> int:
     """How many tasks of ``spec`` a run may record (every task not passed: pending, failed
     and blocked ones can be retried or blocked again)."""
     return sum(1 for t in spec.tasks if t.status != "pass")
+
+
+def min_record(spec_name: str, task_id: str) -> int:
+    """The bytes a finished task's record takes in tasks.json once cut as far as
+    ``bound_record`` cuts it (the longest values of each field)."""
+    doc = {
+        "status": "blocked",
+        "attempts": 100,
+        "started_at": "2026-01-01T00:00:00.000Z",
+        "completed_at": "2026-01-01T00:00:00.000Z",
+        "duration_minutes": 1_000_000.123,
+        "blocker": "b" * _TEXT_STEPS[-1],
+        "files_changed": [],
+        "scope_violations": [],
+        "result": {
+            "status": "blocked",
+            "source": "exit_code",
+            "truncated": True,
+            "file": f".specexec/runs/{'r' * 24}/{task_id}.record.json",
+            "omitted": {"files_changed": 10**9, "scope_violations": 10**9},
+        },
+        "commit": "0" * 64,
+        "branch": f"specexec/{spec_name}@{task_id}",
+    }
+    return _size(doc) + _OTHER_FIELDS
 
 
 def _strategy_bound(spec: Spec) -> int:
@@ -60,7 +85,7 @@ def room_problem(spec: Spec, jobs: int) -> str | None:
         size = os.stat(spec.tasks_file).st_size
     except OSError:
         return None  # loading the spec reports a file that went away
-    need = n * RECORD_MIN
+    need = sum(min_record(spec.name, t.id) for t in spec.tasks if t.status != "pass")
     if size + need + _strategy_bound(spec) <= jsonio.MAX_BYTES:
         return None  # the common case: far from the limit, no plan needed
     old = spec.raw.get("execution_strategy")
@@ -71,7 +96,7 @@ def room_problem(spec: Spec, jobs: int) -> str | None:
     return (
         f"{spec.tasks_file}: no room to record this run: the file is {fmt.size(size)}; "
         f"the plan ({fmt.size(strategy)}) and the outcome of {n} task(s) (at least "
-        f"{fmt.size(RECORD_MIN)} each) would take it past the {fmt.size(jsonio.MAX_BYTES)} "
+        f"{fmt.size(need)}) would take it past the {fmt.size(jsonio.MAX_BYTES)} "
         "limit of tasks.json. Split the tasks into several spec folders."
     )
 
@@ -85,7 +110,7 @@ def plan_records(store: TasksStore, spec: Spec) -> int:
     except OSError:
         size = 0
     budget = RECORD_MAX if n == 0 else (jsonio.MAX_BYTES - size) // n
-    store.record_budget = max(RECORD_MIN, min(RECORD_MAX, budget))
+    store.record_budget = max(0, min(RECORD_MAX, budget))
     return store.record_budget
 
 
@@ -100,9 +125,13 @@ def _deleted(value: Any) -> bool:
 
 
 def _clip(text: Any, limit: int) -> Any:
-    if not isinstance(text, str) or len(text) <= limit:
+    """``text`` cut to ``limit`` bytes as encoded in JSON (escapes count)."""
+    if not isinstance(text, str) or len(jsonio.encode(text)) <= limit:
         return text
-    return text[: limit - 1] + "\u2026"
+    cut = text[:limit]
+    while cut and len(jsonio.encode(cut + "\u2026")) > limit:
+        cut = cut[: len(cut) * 3 // 4]
+    return cut + "\u2026"
 
 
 def bound_record(
@@ -123,7 +152,8 @@ def bound_record(
     except OSError:
         where = None  # a full disk costs the whole record, never tasks.json
     pointer: dict[str, Any] = {"truncated": True, "file": where}
-    result = fields.get("result") if isinstance(fields.get("result"), dict) else {}
+    given = fields.get("result")
+    result: dict[str, Any] = given if isinstance(given, dict) else {}
     summary: dict[str, Any] = {
         k: result[k]
         for k in ("status", "source", "duration_minutes", "cost_usd")
@@ -132,10 +162,12 @@ def bound_record(
     omitted = {k: len(v) for k, v in result.items() if isinstance(v, list) and k != "data"}
     if "data" in result:
         summary["data"] = pointer
-    for text_limit in (TEXT_MAX, _TEXT_MIN):
+    for text_limit in _TEXT_STEPS:
         for key in ("blocker", "notes"):
             if isinstance(result.get(key), str):
                 summary[key] = _clip(result[key], text_limit)
+            if text_limit == _TEXT_STEPS[-1]:
+                summary.pop(key, None)  # the task's own blocker says it
         if isinstance(fields.get("blocker"), str):
             out["blocker"] = _clip(fields["blocker"], text_limit)
         out["result"] = {**summary, **pointer}
@@ -143,7 +175,8 @@ def bound_record(
             value = fields.get(key)
             if isinstance(value, list):
                 out[key] = []
-        room = budget - _size(out)
+        # Room for the counts of what the lists and the result leave out.
+        room = budget - _size(out) - 80
         if room > 0:
             break
     # The lists keep their first entries while they fit; the counts of all are kept.

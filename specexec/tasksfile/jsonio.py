@@ -246,6 +246,8 @@ def loads(data: bytes | str, *, source: str) -> Any:
         what = e.msg
         if e.pos >= len(text.rstrip()):
             what += " (the document ends early; is the file truncated?)"
+        else:
+            what += likely_cause(text, e.msg, e.pos)
         raise InvalidInput(f"{source}:{e.lineno}:{e.colno}: invalid JSON: {what}") from None
     except _Duplicate:
         found = _find_duplicate(text)
@@ -273,6 +275,39 @@ def loads(data: bytes | str, *, source: str) -> Any:
     if too_deep(doc):
         _raise_too_deep(text, source)
     return doc
+
+
+_NO_NAME = "Expecting property name enclosed in double quotes"
+_SHOWN = 80  # how much of the offending line a message quotes
+
+
+def likely_cause(text: str, msg: str, pos: int) -> str:
+    """What a person most likely typed, for the JSON decoder's ``msg`` at ``pos``:
+    ``'; likely a trailing comma at line 18, column 22: "blocked_by": ["T1",'``, or ''.
+    Points at the cause (the comma), not where the decoder gave up (the next line)."""
+    at = text[pos : pos + 1]
+    end = len(text[:pos].rstrip())  # just after the last character before pos
+    prev = text[end - 1 : end]
+    cause, where = pos, "at"
+    if text.startswith(("//", "/*", "#"), pos):
+        what = "a comment (JSON has none)"
+    elif prev == "," and at in ("]", "}") and msg in ("Expecting value", _NO_NAME):
+        what, cause = "a trailing comma", end - 1
+    elif at == "'" and msg in ("Expecting value", _NO_NAME):
+        what = "single quotes (JSON strings take double quotes)"
+    elif msg == _NO_NAME and (at.isalpha() or at == "_"):
+        what = "an unquoted key (keys take double quotes)"
+    elif msg == "Expecting value" and at.isalpha():
+        what = "an unquoted string (text values take double quotes)"
+    elif msg == "Expecting ',' delimiter" and at not in ("", ",", "]", "}"):
+        what, cause, where = "a missing comma", end - 1, "after"
+    else:
+        return ""
+    line, col = _line_col(text, cause)
+    shown = text.splitlines()[line - 1].strip()
+    if len(shown) > _SHOWN:
+        shown = shown[: _SHOWN - 1] + "…"
+    return f"; likely {what} {where} line {line}, column {col}: {shown}"
 
 
 def _raise_too_deep(text: str, source: str) -> NoReturn:

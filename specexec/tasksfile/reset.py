@@ -22,6 +22,10 @@ RUN_FIELDS: Final = (
     "commit",
     "branch",
     "attempts",
+    "error_class",  # issue 17: the failure's class, a wait in progress, the spend
+    "waiting_until",
+    "cost_usd",
+    "tokens",
 )
 FAILED_STATUSES: Final = frozenset({"fail", "blocked"})
 

@@ -26,7 +26,7 @@ from typing import Any, Final
 import filelock
 
 from specexec import system
-from specexec.errors import Busy, SpecexecError
+from specexec.errors import Busy, InvalidInput, SpecexecError, UnsafePath
 from specexec.tasksfile.store import open_error, runtime_dir
 from specexec.tasksfile.types import RUNTIME_DIR
 
@@ -230,3 +230,146 @@ class RunLock:
         if info is None or is_alive(info) is False:
             return None
         return info
+
+
+# --- one spec name, one spec folder ---------------------------------------------------------
+
+SPEC_CLAIMS_DIR: Final = "specexec/specs"  # under the repository's git common dir
+
+
+class SpecNameClaim:
+    """A run's claim on its spec name in its repository, held as long as the run lock.
+
+    Two spec folders whose spec name is the same (``specs/auth`` and ``legacy/auth``, no
+    ``spec`` field) would both merge into ``specexec/auth`` and fail each other's tasks.
+    The claim is ``system.file_lock`` on ``<git common dir>/specexec/specs/<name>.lock``,
+    holding the folder's real path: the run lock cannot tell, being one per folder. Only
+    specexec's own lock decides, never a file a worker can delete (the kernel drops the
+    flock when its holder dies, whatever is left in the file)."""
+
+    def __init__(self, spec_dir: str | os.PathLike[str], name: str, common_dir: Path) -> None:
+        self.spec_dir = Path(os.path.realpath(spec_dir))
+        self.name = name
+        self.path = common_dir / SPEC_CLAIMS_DIR / f"{name}.lock"
+        self._lock: filelock.FileLock | None = None
+        self._fd: int | None = None
+
+    def holder(self) -> str | None:
+        """The folder another run holds this name for (None: free, or held for this
+        folder: the run lock decides that case). Waits a moment for a new holder to
+        write its folder."""
+        if not self.path.exists():
+            return None
+        lock = system.file_lock(self.path, mode=0o600)
+        deadline = time.monotonic() + 0.5
+        while True:
+            try:
+                lock.acquire(timeout=0)
+            except system.LockTimeout:
+                pass
+            except OSError as e:
+                raise open_error(self.path, "open", e) from None
+            else:
+                lock.release()
+                return None
+            info = _read_claim(self.path)
+            if info is not None or time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        if info is not None and info == str(self.spec_dir):
+            return None
+        return info or "(a folder that did not say which)"
+
+    def check(self) -> None:
+        """Refuse (exit 2, nothing written) if another folder's run holds the name."""
+        other = self.holder()
+        if other is not None:
+            raise InvalidInput(
+                f"spec name {self.name!r} of {self.spec_dir} is the name of {other} too, "
+                f"which is being run: both would run into branch specexec/{self.name}",
+                [
+                    f"{self.spec_dir}: spec name {self.name!r} is also the spec name of "
+                    f"{other}, which another specexec process is running; two spec "
+                    f'folders of one repository must not share a spec name (set "spec" '
+                    "in one tasks.json to tell them apart)"
+                ],
+            )
+
+    def acquire(self) -> None:
+        claims = self.path.parent
+        for d in (claims.parent, claims):
+            try:
+                os.mkdir(d, 0o700)
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise SpecexecError(f"{d}: cannot create: {e.strerror or e}") from None
+            if d.is_symlink() or not d.is_dir():
+                raise UnsafePath(f"{d}: must be a directory, not a symbolic link or a file")
+        lock = system.file_lock(self.path, mode=0o600)
+        deadline = time.monotonic() + 0.5
+        while True:
+            try:
+                lock.acquire(timeout=0)
+                break
+            except system.LockTimeout:
+                pass
+            except OSError as e:
+                raise open_error(self.path, "open", e) from None
+            # Held: for another folder, refused naming it; else (a holder that has not
+            # written its folder yet, or a peek by check()) try again for a moment.
+            self.check()
+            if time.monotonic() >= deadline:
+                raise Busy(f"spec name {self.name!r} is being claimed by another process")
+            time.sleep(0.02)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            data = json.dumps({"spec_dir": str(self.spec_dir), "pid": os.getpid()}).encode()
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        except OSError as e:
+            lock.release()
+            raise SpecexecError(f"{self.path}: cannot lock: {e.strerror or e}") from None
+        self._lock, self._fd = lock, fd
+
+    def release(self) -> None:
+        lock, self._lock = self._lock, None
+        fd, self._fd = self._fd, None
+        if lock is None:
+            return
+        try:
+            if fd is not None:
+                os.ftruncate(fd, 0)
+        finally:
+            if fd is not None:
+                os.close(fd)
+            lock.release()
+
+    def __enter__(self) -> SpecNameClaim:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+def _read_claim(path: Path) -> str | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = os.pread(fd, _INFO_MAX, 0)
+    finally:
+        os.close(fd)
+    try:
+        info, _ = json.JSONDecoder().raw_decode(data.decode("utf-8", "replace"))
+    except ValueError:
+        return None
+    folder = info.get("spec_dir") if isinstance(info, dict) else None
+    return folder if isinstance(folder, str) else None

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from specexec.errors import InvalidInput, UnsafePath
+from specexec.fmt import did_you_mean
 from specexec.git.repo import find_repo_root
 from specexec.plan import patterns as paths
 from specexec.plan import planner
@@ -74,6 +75,18 @@ class DefaultsModel(_Open):
     timeout_minutes: Annotated[float, Field(gt=0, le=MAX_MINUTES)] = 30.0
     max_retries: Annotated[int, Field(ge=0, le=100)] = 1
     verify: str | None = None
+    max_wait_minutes: Annotated[float, Field(ge=0, le=MAX_MINUTES)] = Field(
+        default=30.0, description="Per task: how long rate limits and overloads are waited out."
+    )
+    max_cost_usd: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="Start no task once the run's agent cost reaches this (USD)."
+    )
+    max_tokens: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="Start no task once the run's tokens (input + output) reach this."
+    )
+    on_conflict: Literal["fail", "rerun"] = Field(
+        default="fail", description="rerun: a task whose merge conflicts runs once more."
+    )
 
 
 class TaskModel(_Open):
@@ -93,6 +106,7 @@ class TaskModel(_Open):
     worker: WorkerField | None = None
     timeout_minutes: Annotated[float, Field(gt=0, le=MAX_MINUTES)] | None = None
     max_retries: Annotated[int, Field(ge=0, le=100)] | None = None
+    on_conflict: Literal["fail", "rerun"] | None = None
     attempts: Annotated[int, Field(ge=0)] = 0
     isolation: Literal["worktree", "none"] = "worktree"
     checkout: Literal["full", "sparse"] = "full"
@@ -337,7 +351,7 @@ def validate_document(
     _check_ids(probs, models)
     # A task that is invalid on its own (say, a bad status) still exists: naming it as a
     # blocker is no second error.
-    _check_blockers(probs, models, {_raw_id(rt) for rt in raw_tasks} - {None})
+    _check_blockers(probs, models, {i for rt in raw_tasks if (i := _raw_id(rt)) is not None})
 
     defaults = top_model.defaults if top_model else DefaultsModel()
     if top_model is not None:
@@ -366,6 +380,9 @@ def validate_document(
         base_ref=top_model.base_ref if top_model else None,
         worker=worker_config(top_model.worker) if top_model else None,
         verify=defaults.verify,
+        max_wait_minutes=defaults.max_wait_minutes,
+        max_cost_usd=defaults.max_cost_usd,
+        max_tokens=defaults.max_tokens,
         context=dict(context or {}),
         raw=raw,
     )
@@ -430,9 +447,8 @@ def _check_ids(probs: _Problems, models: Sequence[tuple[str, TaskModel, Any]]) -
 
 
 def _raw_id(raw_task: Any) -> str | None:
-    if isinstance(raw_task, dict) and isinstance(raw_task.get("id"), str):
-        return raw_task["id"]
-    return None
+    value = raw_task.get("id") if isinstance(raw_task, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _check_blockers(
@@ -446,7 +462,11 @@ def _check_blockers(
                     label, "parallelization.blocked_by", "a task cannot be blocked by itself"
                 )
             elif b not in ids:
-                probs.error(label, "parallelization.blocked_by", f'unknown task "{_plain(b)}"')
+                probs.error(
+                    label,
+                    "parallelization.blocked_by",
+                    f'unknown task "{_plain(b)}"{did_you_mean(b, sorted(map(_plain, ids)))}',
+                )
 
 
 def _task(
@@ -469,7 +489,8 @@ def _task(
             rel.append(norm)
     for j, pattern in enumerate(m.sparse_paths):
         _check_path(probs, label, f"sparse_paths[{j}]", pattern, in_repo)
-    if not m.relevant_files:
+    # An analysis task ("isolation": "none", no files) conflicting with nothing is the point.
+    if not m.relevant_files and m.isolation != "none":
         probs.warn(
             label,
             "relevant_files",
@@ -493,6 +514,7 @@ def _task(
         worker=worker_config(m.worker),
         timeout_minutes=m.timeout_minutes or defaults.timeout_minutes,
         max_retries=m.max_retries if m.max_retries is not None else defaults.max_retries,
+        on_conflict=m.on_conflict or defaults.on_conflict,
         attempts=m.attempts,
         isolation=m.isolation,
         checkout=m.checkout,

@@ -546,7 +546,17 @@ class CoalescingWriter:
             self._cond.notify_all()
         if self._thread is not threading.current_thread():
             self._thread.join()
-        self.flush()
+        try:
+            self.flush()
+        except UnsafePath:
+            raise  # a link planted during the run: refused as such
+        except InvalidInput as e:
+            # The changes are a run's: its work is done (and merged), so this is never
+            # "bad input, nothing was changed" (exit 2).
+            raise SpecexecError(
+                f"{self.store.path}: the run's last task changes could not be recorded "
+                f"({e}); each transition is in {self.store.spec_dir / RUNTIME_DIR}/events.jsonl"
+            ) from None
 
     def __enter__(self) -> CoalescingWriter:
         return self

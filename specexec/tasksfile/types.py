@@ -57,6 +57,7 @@ class Task:
     worker: WorkerConfig | None = None
     timeout_minutes: float = 30.0
     max_retries: int = 1
+    on_conflict: Literal["fail", "rerun"] = "fail"  # rerun: once more after a merge conflict
     attempts: int = 0
     isolation: Isolation = "worktree"
     checkout: Checkout = "full"
@@ -87,6 +88,9 @@ class Spec:
     base_ref: str | None = None
     worker: WorkerConfig | None = None
     verify: str | None = None  # defaults.verify
+    max_wait_minutes: float = 30.0  # per task, for rate limits and overloads
+    max_cost_usd: float | None = None  # the run's budgets (defaults.*)
+    max_tokens: int | None = None
     context: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     _by_id: Mapping[str, Task] = field(init=False, compare=False, repr=False)

@@ -12,11 +12,75 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 MAX_LINE_IN_BLOCKER = 200
+
+# Every failed attempt gets one of these (pattern 002's transient / resource exhaustion /
+# coordination / systemic, made specific). The plugins name the first four from what their
+# CLI prints; specexec decides the rest from facts it checked itself.
+ERROR_CLASSES: tuple[str, ...] = (
+    "rate_limit",  # 429, "usage limit reached": wait, then retry (not counted)
+    "overloaded",  # 5xx, "overloaded", connection reset: wait, then retry (not counted)
+    "auth",  # 401/403, invalid key, expired login: stop starting this worker
+    "agent_error",  # the agent reported an error of its own
+    "timeout",
+    "no_change",  # reported pass, changed nothing
+    "verify_failed",
+    "merge_conflict",
+    "worker_failed",  # non-zero exit, nothing more known
+    "not_found",  # the program is missing: stop starting this worker
+)
+
+_CLASS_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    (
+        "rate_limit",
+        re.compile(
+            r"\b429\b|rate[ _-]?limit|too many requests|usage limit|quota (?:exceeded|exhausted)"
+            r"|resource[ _]exhausted",
+            re.I,
+        ),
+    ),
+    (
+        "auth",
+        re.compile(
+            r"\b40[13]\b|unauthori[sz]ed|authentication|invalid (?:api[ _-]?)?key|api key"
+            r"|forbidden|not logged in|login (?:expired|required)|permission[ _]denied",
+            re.I,
+        ),
+    ),
+    (
+        "overloaded",
+        re.compile(
+            r"\b5\d\d\b|overloaded|service unavailable|internal server error|bad gateway"
+            r"|connection (?:reset|refused|error)|timed? ?out waiting|high demand",
+            re.I,
+        ),
+    ),
+)
+_RETRY_AFTER_RE = re.compile(r"retry[- ]after[\"':= ]+(\d+(?:\.\d+)?)\s*(ms|s|sec|seconds?)?", re.I)
+
+
+def classify_text(text: str) -> str | None:
+    """The failure class a CLI's error message names (rate_limit, auth, overloaded), if
+    any: for plugins whose CLI reports errors as text, and for shell workers."""
+    for name, pattern in _CLASS_PATTERNS:
+        if pattern.search(text):
+            return name
+    return None
+
+
+def retry_after(text: str) -> float | None:
+    """Seconds to wait that an error message states (``retry-after: 30``, ``retry after
+    1500ms``), if it states one."""
+    m = _RETRY_AFTER_RE.search(text)
+    if m is None:
+        return None
+    value = float(m.group(1))
+    return value / 1000 if (m.group(2) or "").lower() == "ms" else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +93,10 @@ class Envelope:
     tokens: Mapping[str, int] | None = None
     error: str | None = None  # the CLI reported a failure, whatever its exit code
     denials: tuple[str, ...] = ()  # tool calls the CLI refused the agent (Claude's)
+    # With ``error``: which kind of failure (one of ERROR_CLASSES), and when the agent's
+    # service said to try again (seconds from now), if it did.
+    error_class: str | None = None
+    retry_after_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

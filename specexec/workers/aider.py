@@ -34,7 +34,21 @@ twice by the openai client unless the user's ``.aider.model.settings.yml`` says
 ``max_retries: 0``): not absurd for a real endpoint, and specexec's task timeout bounds it.
 Aider needs a model (``--model`` in the worker's args, ``AIDER_MODEL``, ``.aider.conf.yml``)
 or a provider key in the environment: with neither, ``--yes-always`` accepts its OpenRouter
-login and it waits 5 minutes for a browser callback.
+login and it waits 5 minutes for a browser callback. It also needs a git identity in git's
+config (``user.name``/``user.email``; the ``GIT_AUTHOR_*`` variables do not count): without
+one it writes a placeholder ("Your Name") into the repository's shared ``.git/config``, and
+aider processes starting side by side race for its lock (one crashes; ``unwrap`` says why).
+The plugin sets none: ``GIT_CONFIG_COUNT`` would override the user's own identity.
+
+Error classes (``Envelope.error_class``), from the litellm exception aider gave up on:
+``RateLimitError`` -> ``rate_limit``; ``AuthenticationError`` (and no model and no key) ->
+``auth``; ``InternalServerError``, ``ServiceUnavailableError``, ``BadGatewayError``,
+``APIConnectionError``, ``Timeout`` -> ``overloaded``; the generic ``APIError`` by the status
+in its text; everything else (a bad request, a context window, a refused or malformed
+edit, lint errors) stays ``agent_error``. Aider prints no retry-after; the wait
+(``retry_after_s``) is the provider's own "try again in 1.5s" when its message holds one.
+A rate limit or overload aider recovered from itself (``Retrying in`` after it) is no
+error at all.
 
 Aider exits 0 after an API error, a rejected edit or a refused path too, so ``unwrap``
 reads them from its output (stdout; stderr stays empty), see ``unwrap``. It writes
@@ -48,7 +62,7 @@ from __future__ import annotations
 
 import re
 
-from specexec.workers.agent import Agent, Envelope, clip
+from specexec.workers.agent import Agent, Envelope, classify_text, clip, retry_after
 
 # One line per model call: "Tokens: 2.3k sent, 1.1k cache write, 2k cache hit, 150 received."
 # then " Cost: $0.01 message, $0.015 session." (on a line of its own when both cache parts
@@ -63,7 +77,8 @@ _COST_RE = re.compile(
 # only where aider's own output is: after the last Tokens: line (the last reply comes before
 # it, so no file content the model wrote can match), or, for refused edits, after the
 # first Tokens: line (the first reply, the one that usually carries the files, is before it).
-# The error line, with its wrapped continuation and aider's explanation of it.
+
+# An API error line, with its wrapped continuation and aider's explanation of it.
 _API_ERROR_RE = re.compile(
     r"^litellm\.[\w.]+:[^\n]*(?:\n(?!\n|Retrying in |litellm\.)[^\n]*)*", re.M
 )
@@ -81,6 +96,14 @@ _STOPPED_RE = re.compile(
     re.M,
 )
 _TRACEBACK_RE = re.compile(r"^Traceback \(most recent call last\):$", re.M)
+# An uncaught exception: aider prints a bug report, then (stdin is /dev/null) exits 1.
+_CRASH_RE = re.compile(r"^# Uncaught (?P<exc>\w+) in \S+ line \d+$", re.M)
+# Without user.name/user.email in git's config (identity variables do not count) aider
+# writes "Your Name" into the repository's shared .git/config; two aider processes starting
+# together race for its lock, and one crashes.
+_CONFIG_LOCK_RE = re.compile(
+    r"^OSError: Lock for file '(?P<path>[^'\n]*config)' did already exist", re.M
+)
 # Edits aider did not apply although the reply was well formed (paths may wrap at 80
 # columns, hence \s+).
 _REFUSED_RE = re.compile(
@@ -91,6 +114,64 @@ _REFUSED_RE = re.compile(
     r"|(?P<exc>Exception while updating files:\n[^\n]*))",
     re.M,
 )
+
+
+# The class of the litellm exception aider gave up on (aider/exceptions.py lists them all);
+# the rest (BadRequestError, NotFoundError, ContextWindowExceededError, ...) are errors of the
+# request, not of the service: agent_error.
+_EXCEPTION_CLASS = {
+    "RateLimitError": "rate_limit",
+    "RouterRateLimitError": "rate_limit",
+    "AuthenticationError": "auth",
+    "PermissionDeniedError": "auth",
+    "InternalServerError": "overloaded",
+    "ServiceUnavailableError": "overloaded",
+    "BadGatewayError": "overloaded",
+    "APIConnectionError": "overloaded",  # connection refused or reset
+    "Timeout": "overloaded",  # the provider did not answer in time
+}
+# Exceptions that wrap whatever the provider said: classified by their text (a status in it).
+_GENERIC = frozenset({"APIError", "OpenAIError", "AzureOpenAIError", "APIResponseValidationError"})
+_EXCEPTION_RE = re.compile(r"^litellm\.(?P<name>\w+):")
+# The provider's own wait, in its message (OpenAI: "Please try again in 1.5s", "in 20ms",
+# "in 7m12s"); aider prints no retry-after header.
+_TRY_AGAIN_RE = re.compile(
+    r"try again in (?:(?P<h>\d+)h)?(?:(?P<m>\d+)m(?!s))?(?:(?P<s>\d+(?:\.\d+)?)s|(?P<ms>\d+)ms)?",
+    re.I,
+)
+# No model and no key: every task of this worker stops the same way.
+_NO_CREDENTIALS = (
+    "No LLM model was specified and no API keys were provided.",
+    "OpenRouter authentication did not complete successfully.",
+)
+
+
+def _stated_wait(line: str) -> float | None:
+    m = _TRY_AGAIN_RE.search(line)
+    if m is not None and any(m.group(g) for g in ("h", "m", "s", "ms")):
+        return (
+            int(m["h"] or 0) * 3600
+            + int(m["m"] or 0) * 60
+            + float(m["s"] or 0)
+            + int(m["ms"] or 0) / 1000
+        )
+    return retry_after(line)
+
+
+def _error_class(tail: str) -> tuple[str | None, float | None]:
+    """(class, stated wait) of what made aider give up, from its output after the last
+    reply: the final litellm exception it did not retry (or retried in vain), or a missing
+    model and key."""
+    api = list(_API_ERROR_RE.finditer(tail))
+    if api and not _RETRYING_RE.search(tail, api[-1].end()):
+        line = " ".join(api[-1].group(0).split())
+        m = _EXCEPTION_RE.match(line)
+        name = m["name"] if m else ""
+        cls = _EXCEPTION_CLASS.get(name) or (classify_text(line) if name in _GENERIC else None)
+        return cls, _stated_wait(line) if cls in ("rate_limit", "overloaded") else None
+    if any(line in tail for line in _NO_CREDENTIALS):
+        return "auth", None
+    return None, None
 
 
 def _count(number: str, suffix: str) -> int:
@@ -137,8 +218,16 @@ def _refused(text: str) -> tuple[list[str], list[str]]:
             denials.append(f"edit {m['skipped']}")
             errors.append(f"aider skipped the edit to {m['skipped']}")
         elif m["git"]:
-            denials.append("edits (git failed)")
-            errors.append(f"git failed while aider applied the edits: {' '.join(m['git'].split())}")
+            # The line before is the path aider was confirming ("create new file?"), e.g.
+            # one outside the worktree: its `git add` fails and no edit is applied at all.
+            before = text[: m.start()].rstrip("\n").rsplit("\n", 1)[-1].strip()
+            path = before if before and not any(c.isspace() for c in before) else None
+            denials.append(f"edit {path}" if path else "edits (git failed)")
+            where = f" to {path}" if path else ""
+            errors.append(
+                f"git failed while aider applied the edits{where} (none was applied): "
+                + " ".join(m["git"].split())
+            )
         elif m["exc"]:
             errors.append("aider failed while applying the edits: " + m["exc"].split("\n", 1)[1])
     return list(dict.fromkeys(denials)), errors
@@ -163,7 +252,14 @@ def _stopped(tail: str) -> list[str]:
     if api and not _RETRYING_RE.search(tail, api[-1].end()):
         errors.append(" ".join(api[-1].group(0).split()))  # the final one, not retried
     errors.extend(m["line"] for m in _STOPPED_RE.finditer(tail))
-    if not errors and _TRACEBACK_RE.search(tail):
+    lock = _CONFIG_LOCK_RE.search(tail)
+    if lock:
+        errors.append(
+            f"aider could not lock {lock['path']} (another aider was writing the placeholder "
+            "git identity it adds when git has no user.name/user.email: set them in git's "
+            "config)"
+        )
+    elif not errors and (_CRASH_RE.search(tail) or _TRACEBACK_RE.search(tail)):
         last = [line for line in tail.splitlines() if line.strip()][-1]
         errors.append(f"aider stopped on an exception: {last.strip()}")
     return errors
@@ -185,7 +281,11 @@ def unwrap(text: str) -> Envelope | None:
     counted, cost = _tokens(text), _cost(text)
     if not counted and cost is None and error is None:
         return None
-    return Envelope("aider", text, cost, counted, error, tuple(denials))
+    # A refused edit, a malformed reply, lint errors left: no class (agent_error).
+    cls, wait = _error_class(tail) if error is not None else (None, None)
+    return Envelope(
+        "aider", text, cost, counted, error, tuple(denials), error_class=cls, retry_after_s=wait
+    )
 
 
 AGENT = Agent(

@@ -43,6 +43,10 @@ Output read here:
 - denied tool calls: exit 0, ``is_error: false``, listed only in ``permission_denials``
   (the answer may still say pass). All go to ``Envelope.denials``; a denied *edit* (Write,
   Edit, MultiEdit, NotebookEdit) also sets ``Envelope.error``, so such a task never passes.
+- error classes: ``api_error_status`` 429 -> rate_limit, 401/403 -> auth, 5xx (and 408,
+  409, which the CLI retries alike) -> overloaded; without a status, the text
+  (``usage limit reached|<reset epoch>`` -> rate_limit until that time). The CLI prints no
+  retry-after of its own (it honoured the header in its own retries).
 - tokens: ``result.usage`` (the sum over the main loop's turns), counted once; the per-event
   ``message.usage`` of verbose output is not added. ``modelUsage`` (the same totals by
   model, plus side calls) is used only when ``usage`` is missing. Cost: ``total_cost_usd``
@@ -51,14 +55,19 @@ Output read here:
 
 from __future__ import annotations
 
+import re
+import time
 from typing import Any
 
 from specexec.workers.agent import (
     Agent,
     Envelope,
     as_dict,
+    classify_text,
     clip,
+    integer,
     number,
+    retry_after,
     tokens,
     values_reversed,
 )
@@ -147,6 +156,26 @@ def _error(obj: dict[str, Any], answer: Any, denied_edits: list[str]) -> str | N
     return None
 
 
+# A subscription's limit: "Claude AI usage limit reached|1767290400" (the reset, epoch s).
+_RESET_RE = re.compile(r"usage limit reached\|(\d{9,11})", re.I)
+
+
+def _error_class(obj: dict[str, Any], error: str) -> tuple[str | None, float | None]:
+    """The class of an error result: from ``api_error_status`` (the HTTP status of the
+    failed API call), else from its text; and the wait it states, if any."""
+    status = integer(obj.get("api_error_status"))
+    reset = _RESET_RE.search(error)
+    wait = max(int(reset.group(1)) - time.time(), 0.0) if reset else retry_after(error)
+    if status == 429:
+        return "rate_limit", wait
+    if status in (401, 403):
+        return "auth", None
+    if status is not None and (status >= 500 or status in (408, 409)):
+        return "overloaded", wait
+    cls = classify_text(error) if status is None else None
+    return (cls, wait) if cls is not None else (None, None)
+
+
 def unwrap(text: str) -> Envelope | None:
     results = _result_objects(text)
     if not results:
@@ -156,13 +185,17 @@ def unwrap(text: str) -> Envelope | None:
     raw = [as_dict(d) for d in obj.get("permission_denials") or () if isinstance(d, dict)]
     denials = tuple(_denial(d) for d in raw)
     denied_edits = [_denial(d) for d in raw if d.get("tool_name") in EDIT_TOOLS]
+    error = _error(obj, answer, denied_edits)
+    cls, wait = _error_class(obj, error) if error and not denied_edits else (None, None)
     return Envelope(
         "claude",
         answer if isinstance(answer, str) else "",
         number(obj.get("total_cost_usd", obj.get("cost_usd"))),
         _tokens(obj),
-        _error(obj, answer, denied_edits),
+        error,
         denials,
+        error_class=cls,
+        retry_after_s=wait,
     )
 
 

@@ -20,8 +20,9 @@ on stdin (``-``), cwd = the task's worktree.
   ignored and the built-in provider's retries cannot be bounded, so a non-OpenAI endpoint
   needs a ``[model_providers.X]`` in ``$CODEX_HOME/config.toml`` (``base_url``,
   ``env_key``, ``wire_api = "responses"``, ``supports_websockets = false``,
-  ``request_max_retries`` / ``stream_max_retries``). The default retries (5 requests x 5
-  streams) are left alone: they are what a real endpoint's transient errors need.
+  ``request_max_retries`` / ``stream_max_retries``). Codex's default retries are left
+  alone (a 500 is retried for about 26 s, 30 requests; a 401 6 times in 8 s): bounded,
+  and what a real endpoint's transient errors need; the task timeout bounds a run anyway.
   Offline, ``[features] plugins = false`` stops a ``git clone`` of OpenAI's plugin
   marketplace at start and ``unbounded_connection_retries = false`` stops "Reconnecting...
   waiting for network" from waiting forever.
@@ -43,7 +44,8 @@ Output read by ``unwrap``:
   pass. The one trace is a log line on stderr,
   ``<time> ERROR codex_core::tools::router: error=patch rejected: ...``; it sets ``error``
   (and a denial), so such a task can never pass. (It relies on Codex's default stderr log
-  level; a ``RUST_LOG`` that silences ERROR lines hides it.)
+  level: a user's ``RUST_LOG=off`` or ``codex_core=off`` hides the line; ``warn`` keeps it.
+  An unset ``RUST_LOG`` already logs it, so ``env`` does not set one.)
 - shell commands the sandbox refused (``Read-only file system`` in their output) and
   ``file_change`` items that failed are listed in ``denials`` only: a build or test run
   commonly trips over a read-only cache directory without that being the task's edit.
@@ -59,9 +61,11 @@ from specexec.workers.agent import (
     Envelope,
     as_dict,
     as_text,
+    classify_text,
     clip,
     integer,
     objects_reversed,
+    retry_after,
 )
 
 # A tracing line on stderr (never a JSONL line: those start with "{").
@@ -69,6 +73,7 @@ _REJECTED_RE = re.compile(
     r"^(?!\{)[^\n]*?\bERROR\b[^\n]*?\berror=(?P<what>patch rejected:[^\n]*)$", re.M
 )
 _SANDBOX_DENIED = "Read-only file system"
+_MISSING_KEY = "Missing environment variable"  # env_key names an unset variable
 
 
 def _paths(item: dict[str, Any]) -> str:
@@ -126,8 +131,12 @@ def unwrap(text: str) -> Envelope | None:
         else []
     )
     error = failed or (last_error if not completed else None)
+    cls: str | None = None
     if error:
         message: str | None = f"codex reported an error: {error}"
+        # "unexpected status 401 Unauthorized", "exceeded retry limit, last status: 429
+        # Too Many Requests", "We're currently experiencing high demand" (its 5xx text).
+        cls = "auth" if _MISSING_KEY in error else classify_text(error)
     elif rejected:
         message = "codex rejected the agent's edit: " + "; ".join(rejected[:3])
     else:
@@ -139,6 +148,8 @@ def unwrap(text: str) -> Envelope | None:
         usage_sum or None,
         message,
         tuple(rejected) + tuple(denials),
+        error_class=cls,
+        retry_after_s=retry_after(error) if cls in ("rate_limit", "overloaded") and error else None,
     )
 
 

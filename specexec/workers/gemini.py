@@ -22,6 +22,16 @@ stdin (no TTY and no ``-p``: headless mode reads stdin).
   approval mode and exits 55 before any model call (``GEMINI_CLI_TRUST_WORKSPACE=true``
   does the same).
 
+Error classes (``Envelope.error_class``), from the HTTP status (``error.code``, or the code
+in the raw body of ``message``): 429 -> ``rate_limit``; 401/403 and the CLI's own exit 41
+(no usable auth type, an expired login) -> ``auth``; 5xx, 408, 499 and a dropped connection
+(exit 1, ``fetch failed``) -> ``overloaded``; other 4xx (a wrong model, a bad request) and a
+refused edit stay ``agent_error``; else the message's words (``classify_text``). The wait
+(``retry_after_s``) is the one the CLI read from the API error: the RetryInfo delay
+(``Suggested retry after 30s.`` in the message, ``retryDelayMs: 30000`` in the error object
+it logs on stderr) or ``Please retry in 12.5s``; the HTTP ``retry-after`` header is ignored by
+the CLI and never printed.
+
 Tokens (``stats.models.<model>.tokens``, summed over the models: with model "auto" the
 router's classifier call is a model of its own): ``prompt`` -> input (it includes the
 cached part; ``input`` is ``prompt - cached``, so it is never added on top),
@@ -33,12 +43,13 @@ Environment: no defaults are set. What keeps the CLI offline lives only in
 ``~/.gemini/settings.json`` (or ``$GEMINI_CLI_HOME/.gemini``), which a plugin cannot set:
 ``privacy.usageStatisticsEnabled: false`` (else usage statistics go to
 play.googleapis.com; no environment variable replaces it, and a system-defaults file named
-by ``GEMINI_CLI_SYSTEM_DEFAULTS_PATH`` is only read when root owns it and its folders), and
+by ``GEMINI_CLI_SYSTEM_DEFAULTS_PATH`` is only read when root owns it and every folder
+above it, none writable by group or others, so a plugin cannot ship one), and
 ``security.auth.selectedType: "gemini-api-key"`` for a ``GOOGLE_GEMINI_BASE_URL`` endpoint
 (else exit 41). Telemetry is off by default and no update check runs headless. Retries are
-left at the CLI's defaults (``general.maxAttempts``, 10 tries with 5-30 s backoff for 429
-and 5xx; 4xx other than 429 are not retried): bounding them would hurt real users on a
-transient quota error. The CLI writes nothing into the worktree (sessions go to
+left at the CLI's defaults (``general.maxAttempts``: 10 tries with 5-30 s backoff for 429
+and 5xx, about 5 minutes when every try fails; a 401 is not retried): bounding them would
+hurt real users on a transient quota error. The CLI writes nothing into the worktree (sessions go to
 ``~/.gemini/tmp/<project>/``, error reports to ``$TMPDIR``), so ``leaves`` is empty.
 """
 
@@ -52,10 +63,12 @@ from specexec.workers.agent import (
     Envelope,
     as_dict,
     as_text,
+    classify_text,
     clip,
     integer,
     loads,
     objects_reversed,
+    retry_after,
 )
 
 _KEYS = frozenset({"response", "stats", "error", "session_id"})
@@ -66,8 +79,12 @@ _ATTEMPTED_PATH_RE = re.compile(r'Attempted path "(?P<path>[^"]*)"')
 _UNTRUSTED = "Gemini CLI is not running in a trusted directory"
 
 # stats.models.<model>.tokens field -> the name specexec records.
-_TOKENS = (("prompt", "input"), ("candidates", "output"), ("thoughts", "thoughts"))
-_TOKENS += (("cached", "cache_read"),)
+_TOKENS = (
+    ("prompt", "input"),
+    ("candidates", "output"),
+    ("thoughts", "thoughts"),
+    ("cached", "cache_read"),
+)
 
 
 def _is_envelope(obj: dict[str, Any]) -> bool:
@@ -107,6 +124,65 @@ def _api_error(err: Any) -> str:
     return clip(message)
 
 
+# Exit codes of the CLI's own fatal errors that name a class (FatalAuthenticationError: no
+# usable auth type, an expired or missing login).
+_AUTH_EXIT = 41
+# The waits the CLI reads from a Google API error (classifyGoogleError): the RetryInfo
+# detail ("Suggested retry after 30s." in the message), a "Please retry in 12.5s" in the
+# message, and the retryDelayMs of the error object it logs on stderr.
+_WAIT_RES = (
+    re.compile(r"Suggested retry after (?P<n>\d+(?:\.\d+)?)(?P<unit>ms|s)\b"),
+    re.compile(r"Please retry in (?P<n>\d+(?:\.\d+)?)(?P<unit>ms|s)\b"),
+    re.compile(r"\bretryDelayMs: (?P<n>\d+(?:\.\d+)?)(?P<unit>)\b"),
+)
+# A connection dropped mid-response (exit 1): what the CLI says instead of an HTTP status.
+_CONNECTION_RE = re.compile(
+    r"fetch failed|ECONNRESET|ECONNREFUSED|socket hang up|TypeError: terminated"
+)
+
+
+def _stated_wait(text: str) -> float | None:
+    for pattern in _WAIT_RES:
+        found = [m for m in pattern.finditer(text)]
+        if found:
+            m = found[-1]  # the final failure's, after the CLI's own retries
+            n = float(m["n"])
+            return n / 1000 if m["unit"] in ("ms", "") else n
+    return retry_after(text)
+
+
+def _status(err: Any) -> int | None:
+    """The HTTP status of the failed call: ``error.code`` (the exit code too), or the code
+    inside the raw error body that ``message`` holds."""
+    if not isinstance(err, dict):
+        return None
+    code = integer(err.get("code"))
+    try:
+        body = loads(str(err.get("message") or ""))
+    except ValueError:
+        body = None
+    inner = integer(as_dict(as_dict(body).get("error")).get("code"))
+    return inner if inner is not None and (code is None or code < 100) else code
+
+
+def _error_class(err: Any, message: str, text: str) -> tuple[str | None, float | None]:
+    """(class, seconds to wait) of the error object the CLI printed; ``text`` is the whole
+    output (the logged error objects on stderr hold the stated retry delay)."""
+    status = _status(err)
+    if status == 429:
+        return "rate_limit", _stated_wait(text)
+    if status in (401, 403) or status == _AUTH_EXIT:
+        return "auth", None
+    if status is not None and (status >= 500 or status in (408, 499)):
+        return "overloaded", _stated_wait(text)
+    if status is not None and status >= 400:
+        return None, None  # 400, 404 (model not found): the request is wrong, not the API
+    if _CONNECTION_RE.search(message):
+        return "overloaded", None
+    cls = classify_text(message)
+    return cls, _stated_wait(text) if cls in ("rate_limit", "overloaded") else None
+
+
 def _failed_edits(stats: dict[str, Any], text: str) -> tuple[str | None, tuple[str, ...]]:
     """(the error naming the failed or rejected edit tool calls, the refused paths)."""
     by_name = as_dict(as_dict(stats.get("tools")).get("byName"))
@@ -139,12 +215,25 @@ def unwrap(text: str) -> Envelope | None:
             continue
         stats = as_dict(obj.get("stats"))
         error = None
+        cls: str | None = None
+        wait: float | None = None
         if obj.get("error"):
-            error = f"gemini reported an error: {_api_error(obj['error'])}"
+            message = _api_error(obj["error"])
+            error = f"gemini reported an error: {message}"
+            cls, wait = _error_class(obj["error"], message, text)
         edit_error, denials = _failed_edits(stats, text)
-        error = error or edit_error
+        error = error or edit_error  # a refused edit stays agent_error (no class)
         answer = as_text(obj.get("response")) or ""
-        return Envelope("gemini", answer, None, _tokens(stats), error, denials)
+        return Envelope(
+            "gemini",
+            answer,
+            None,
+            _tokens(stats),
+            error,
+            denials,
+            error_class=cls,
+            retry_after_s=wait,
+        )
     if _UNTRUSTED in text:  # plain text, exit 55 (without --skip-trust)
         line = next(ln for ln in text.splitlines() if _UNTRUSTED in ln)
         return Envelope("gemini", "", error=f"gemini refused to run: {clip(line)}")

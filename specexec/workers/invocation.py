@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from specexec.errors import InvalidInput
+from specexec.fmt import did_you_mean
 from specexec.tasksfile.types import Task, WorkerConfig
 from specexec.workers.agent import Agent
 from specexec.workers.registry import AGENTS, CUSTOM, DEFAULT_PRESET, KNOWN_PRESETS
@@ -78,7 +79,8 @@ def build_invocation(
     preset_name = worker.preset or (CUSTOM if worker.command is not None else DEFAULT_PRESET)
     if worker.preset is not None and worker.preset not in KNOWN_PRESETS:
         raise InvalidInput(
-            f"{where}: unknown preset {worker.preset!r} (known: {', '.join(KNOWN_PRESETS)})"
+            f"{where}: unknown preset {worker.preset!r}{did_you_mean(worker.preset, KNOWN_PRESETS)}"
+            f" (known: {', '.join(KNOWN_PRESETS)})"
         )
     args = tuple(substitute(a, placeholders, quote=False, where=where) for a in worker.args)
 

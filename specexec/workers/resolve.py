@@ -3,6 +3,7 @@ specific of the task, the spec, and ``[tool.specexec]`` in the repository's pypr
 
 from __future__ import annotations
 
+import shutil
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from specexec.errors import InvalidInput
+from specexec.fmt import did_you_mean
 from specexec.tasksfile.schema import WorkerField, worker_config
 from specexec.tasksfile.types import Spec, Task, WorkerConfig
 from specexec.workers.registry import KNOWN_PRESETS
@@ -62,6 +64,14 @@ def cli_worker(value: str | None) -> WorkerConfig | None:
         return None
     if value in KNOWN_PRESETS:
         return WorkerConfig(preset=value)
+    # A one-word near miss of a preset that is no command either is a typo: say so now,
+    # rather than have every task fail with "command not found".
+    hint = did_you_mean(value, KNOWN_PRESETS)
+    if hint and value.isidentifier() and shutil.which(value) is None:
+        raise InvalidInput(
+            f"--worker {value!r} is neither a preset nor a command on PATH{hint}"
+            f" (presets: {', '.join(KNOWN_PRESETS)})"
+        )
     return WorkerConfig(command=value)
 
 

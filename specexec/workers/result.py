@@ -33,7 +33,16 @@ from typing import Any, Literal, cast
 from specexec.errors import InvalidInput
 from specexec.run.processes import ATTEMPT_FOOTER, ATTEMPT_HEADER
 from specexec.tasksfile import jsonio
-from specexec.workers.agent import Envelope, as_text, clip, integer, loads, number
+from specexec.workers.agent import (
+    Envelope,
+    as_text,
+    classify_text,
+    clip,
+    integer,
+    loads,
+    number,
+    retry_after,
+)
 from specexec.workers.registry import AGENTS
 
 ResultStatus = Literal["pass", "fail", "blocked"]
@@ -59,6 +68,10 @@ class WorkerResult:
     tokens: Mapping[str, int] | None = None  # {input, output, ...}
     denials: tuple[str, ...] = ()  # tool calls the agent CLI refused the agent
     source: Source = "exit_code"
+    # A failure's class as the output tells it (one of agent.ERROR_CLASSES: the plugin's
+    # reading, or classify_text on a shell worker's last lines), and the wait it stated.
+    error_class: str | None = None
+    retry_after_s: float | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # as reported
 
     def to_json(self) -> dict[str, Any]:
@@ -264,7 +277,35 @@ def parse_result(
     output = read_log_tail(log_path)
     env = unwrap(output, preset)
     result = _decide(result_file, output, env, returncode)
-    return replace(result, denials=env.denials) if env.denials else result
+    if env.denials:
+        result = replace(result, denials=env.denials)
+    if result.status == "fail":
+        result = _classify(result, env, output, returncode)
+    return result
+
+
+CLASSIFY_TAIL_LINES = 20  # of a shell worker's output, searched for an API's error words
+
+
+def _classify(
+    result: WorkerResult, env: Envelope, output: str, returncode: int | None
+) -> WorkerResult:
+    """The class of a failed result, as far as the output tells it (specexec adds the
+    ones it decides itself: timeout, no_change, verify_failed, ...)."""
+    if env.error is not None:
+        cls = env.error_class or "agent_error"
+        return replace(result, error_class=cls, retry_after_s=env.retry_after_s)
+    if returncode in (126, 127):  # sh: found but not executable / not found
+        return replace(result, error_class="not_found")
+    if returncode is not None and returncode != 0 and env.kind == "plain":
+        tail = "\n".join(output.splitlines()[-CLASSIFY_TAIL_LINES:])
+        named = classify_text(tail)
+        if named is not None:
+            return replace(result, error_class=named, retry_after_s=retry_after(tail))
+        return replace(result, error_class="worker_failed")
+    if result.source != "exit_code":
+        return replace(result, error_class="agent_error")  # the worker reported it
+    return replace(result, error_class="worker_failed")
 
 
 def _decide(result_file: Path, output: str, env: Envelope, returncode: int | None) -> WorkerResult:

@@ -112,7 +112,12 @@ def test_gc_deletes_merged_branches_and_keeps_failed_ones(repo: Path, ws: Worksp
     branches = git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/specexec/")
     assert branches.splitlines() == ["refs/heads/specexec/feat", "refs/heads/specexec/feat@FAIL"]
     bases = git(repo, "for-each-ref", "--format=%(refname)", "refs/specexec/")
-    assert bases.splitlines() == ["refs/specexec/bases/feat/FAIL"]
+    # The kept branch's base and snapshot, and the integration tip specexec last wrote.
+    assert bases.splitlines() == [
+        "refs/specexec/bases/feat/FAIL",
+        "refs/specexec/snapshots/feat/FAIL",
+        "refs/specexec/tips/feat",
+    ]
 
 
 def test_gc_keeps_a_task_branch_the_user_checked_out(repo: Path, ws: Workspace) -> None:
@@ -247,3 +252,65 @@ def test_gc_removes_the_worktrees_older_versions_kept_in_the_git_dir(
     assert proc.returncode == 0, proc.stderr
     assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
     assert not (data / "pool").exists()
+
+
+def test_gc_keeps_a_live_worktree_whose_marker_a_worker_removed(
+    repo: Path, ws: Workspace, live_owner: subprocess.Popen[str]
+) -> None:
+    """Ownership is the run's hold, not the marker a worker can delete or forge."""
+    live = ws.worktree_path(SPEC, "LIVE")
+    live.with_name("LIVE.owner").unlink()
+    assert ws.gc() == [] and (live / "README.md").exists()
+    # A marker forged to name a dead process changes nothing either.
+    dead = {"pid": 2**22 + 7, "start_time": 1.0, "host": socket.gethostname()}
+    live.with_name("LIVE.owner").write_text(json.dumps(dead))
+    assert ws.gc() == [] and (live / "README.md").exists()
+
+
+def test_gc_removes_a_dead_worktree_whose_forged_marker_names_a_live_process(
+    repo: Path, ws: Workspace
+) -> None:
+    dead = dead_owner_worktree(repo, "DEAD")
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        me = ProcessId.of(sleeper.pid)
+        assert me is not None
+        dead.with_name("DEAD.owner").write_text(json.dumps(me.to_json()))
+        removed = ws.gc()
+        assert (
+            f"worktree {dead} (no run holds it (its marker names process {sleeper.pid}))" in removed
+        )
+        assert not dead.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_pool_gc_keeps_a_live_slot_whose_marker_was_removed_and_frees_a_forged_one(
+    repo: Path, ws: Workspace
+) -> None:
+    holder, live = hold_slot(repo, "LIVE", size=2)
+    try:
+        live.with_name(live.name + ".owner").unlink()
+        with WorktreePool(ws, 2) as pool:  # the holder's slot is never handed out
+            wt = pool.acquire(SPEC, "MINE")
+            assert wt.path != live
+            pool.release(wt, delete_branch=True)
+        free = wt.path
+        sleeper = subprocess.Popen(["sleep", "60"])
+        try:
+            me = ProcessId.of(sleeper.pid)
+            assert me is not None
+            free.with_name(free.name + ".owner").write_text(json.dumps(me.to_json()))
+            removed = pool_mod.gc(ws)
+            assert removed == [
+                f"pool worktree {free} (no run holds it; its marker names process {sleeper.pid})"
+            ]
+            assert live.is_dir()
+        finally:
+            sleeper.kill()
+            sleeper.wait()
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=60)

@@ -220,6 +220,9 @@ def test_untrusted_folder_exits_55_without_skip_trust(
     assert 'Approval mode overridden to "default"' in ran.stderr
     assert "not running in a trusted directory" in ran.stderr
     assert server.requests == [] and not (repo / "u.txt").exists()
+    envelope = unwrap(ran.stdout + ran.stderr)
+    assert envelope is not None and envelope.error is not None
+    assert envelope.error.startswith("gemini refused to run: Gemini CLI is not running in a")
     # The env var does the same as the flag.
     env = {"GEMINI_CLI_TRUST_WORKSPACE": "true"}
     ran = run_gemini(gemini, server, repo, home, "[[write u.txt: u]]", argv=argv, env=env)
@@ -235,6 +238,9 @@ def test_missing_auth_type_setting_exits_41(
     assert ran.returncode == 41
     assert err["error"] == {"type": "Error", "message": "Invalid auth method selected.", "code": 41}
     assert server.requests == []
+    envelope = unwrap(ran.stdout + ran.stderr)
+    assert envelope is not None
+    assert envelope.error == "gemini reported an error: Invalid auth method selected."
 
 
 def test_http_401_is_an_error_on_stderr_with_exit_145(
@@ -271,8 +277,9 @@ def test_retries_are_bounded_by_general_max_attempts(
     assert len(server.requests) == 1
     assert "Max attempts reached" in ran.stderr
     assert ran.seconds < 30
-    env = unwrap(ran.stderr)
-    assert env is not None and env.error is not None and "try later" in env.error
+    envelope = unwrap(ran.stderr)
+    assert envelope is not None and envelope.error is not None
+    assert "try later" in envelope.error
 
 
 def test_a_transient_429_is_retried_after_about_5s_and_the_task_completes(
@@ -320,7 +327,7 @@ def test_write_outside_the_workspace_is_refused_and_visible(
     assert env.denials == (f"write_file {target}",)
 
 
-# "googleapis" as it appears in a DNS query traced with strace -xx.
+# "googleapis" as it appears in a DNS query traced with strace -x (binary: all hex).
 GOOGLEAPIS_IN_DNS = "".join(f"\\x{b:02x}" for b in b"googleapis")
 
 
@@ -340,7 +347,7 @@ def test_only_the_local_server_is_contacted(
         settings = {"security": SETTINGS["security"]}
         (home / ".gemini" / "settings.json").write_text(json.dumps(settings))
     trace = tmp_path / "net.trace"
-    argv = ["-f", "-qq", "-xx", "-s", "128", "-e", "trace=connect,sendto,sendmmsg"]
+    argv = ["-f", "-qq", "-x", "-s", "128", "-e", "trace=connect,sendto,sendmmsg"]
     ran = run_cli(
         [str(shutil.which("strace")), *argv, "-o", str(trace), str(gemini), *PRESET],
         cwd=repo,

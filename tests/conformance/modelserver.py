@@ -30,6 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 WRITE_RE = re.compile(r"\[\[write (?P<path>[^:\]\s]+): (?P<text>.*?)\]\]", re.S)
+INPUT_RE = re.compile(r"<input>.*?</input>", re.S)
 STATUS_RE = re.compile(r"\[\[status (?P<status>pass|fail|blocked)(?:: (?P<reason>.*?))?\]\]", re.S)
 
 
@@ -50,6 +51,8 @@ class Directives:
 
 def directives(text: str) -> Directives:
     """What the prompt inside ``text`` (a whole request body) asks the model to do."""
+    # The blockers' summaries in specexec's <input> block are their directives, not ours.
+    text = INPUT_RE.sub("", text)
     writes = tuple((m["path"], m["text"].replace("\\n", "\n")) for m in WRITE_RE.finditer(text))
     # Deduplicate: the prompt may appear more than once in a request (history, system).
     writes = tuple(dict.fromkeys(writes))

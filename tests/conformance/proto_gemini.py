@@ -20,6 +20,7 @@ claims ``pass`` anyway, as a careless model might.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -128,7 +129,8 @@ def _turn(body: dict[str, Any], model: str) -> dict[str, Any]:
     errors = [a["response"]["error"] for a in answered if "error" in (a.get("response") or {})]
     # The CLI refused a write (e.g. outside the workspace): say so, as a model would, unless
     # the prompt holds an explicit [[status pass]]: a model that claims success anyway.
-    explicit = STATUS_RE.search(texts)
+    # (Not in specexec's <input> block: the blockers' summaries are not this task's.)
+    explicit = STATUS_RE.search(re.sub(r"<input>.*?</input>", "", texts, flags=re.S))
     if errors and not (explicit and explicit["status"] == "pass"):
         d = replace(d, status="fail", reason=errors[0])
     return _response([{"text": d.final_text()}], model, tokens)

@@ -29,7 +29,7 @@ import re
 import time
 from typing import Any
 
-from modelserver import Directives, Handler, ModelServer, Reply, Request, directives
+from modelserver import INPUT_RE, Directives, Handler, ModelServer, Reply, Request, directives
 
 MODEL_ID = "specexec-scripted"
 MALFORMED_RE = re.compile(r"\[\[malformed edit\]\]")
@@ -77,6 +77,7 @@ def answer(messages: list[dict[str, Any]]) -> str:
     # Only the user turns carry the prompt; aider's system prompt has examples of its own.
     user = "\n".join(_text(m.get("content")) for m in messages if m.get("role") == "user")
     d: Directives = directives(user)
+    user = INPUT_RE.sub("", user)  # the blockers' directives are not this task's
     fmt = edit_format(messages)
     if MALFORMED_RE.search(user):
         # whole: a fence with no file name before it (and no file in the chat) is a

@@ -170,6 +170,8 @@ def run_specexec(
     # specexec's own worktrees go under the throwaway HOME's cache, never the real one.
     full = {**env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     full.setdefault("SPECEXEC_WORKTREE_DIR", str(Path(env["HOME"]) / "worktrees"))
+    # Parallel test runs keep the CPU busy: the resource guard would serialise the tasks.
+    full.setdefault("SPECEXEC_MAX_CPU_PERCENT", "100")
     return subprocess.run(
         [sys.executable, "-m", "specexec", "run", "specs/conf", "--jobs", "2", *args],
         cwd=repo,

@@ -480,7 +480,9 @@ def test_a_failed_state_that_cannot_be_committed_parks_the_slot(
     repo: Path, ws: Workspace, pool: WorktreePool
 ) -> None:
     wt = pool.acquire(SPEC, "T1")
-    sh(wt.path, 'echo garbage > "$(git rev-parse --git-dir)/index" && echo x > x.txt')
+    # A nested repository without a commit cannot be snapshotted (a corrupt index can:
+    # the snapshot never reads the worktree's index for content).
+    sh(wt.path, "git init -q nested && echo n > nested/n.txt && echo x > x.txt")
     assert pool.keep_failed(wt, "failed") == wt.path
     assert (wt.path / "x.txt").exists()  # kept for inspection until the run ends
     other = pool.acquire(SPEC, "T2")  # the only slot is parked: a fresh worktree instead
@@ -616,7 +618,8 @@ def test_a_stash_pushed_while_a_tasks_stash_is_dropped_is_kept(
     with WorktreePool(ws, 2) as pool:
         wt1, wt2 = pool.acquire(SPEC, "T1"), pool.acquire(SPEC, "T2")
         sh(wt1.path, "echo one >> README.md && git stash -q")
-        real, pushed = ws.git, []
+        real = ws.git
+        pushed: list[tuple[str, ...]] = []
 
         def racing(*args: str, **kw: Any) -> Any:
             if args[:2] == ("stash", "drop") and not pushed:

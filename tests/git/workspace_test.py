@@ -267,11 +267,10 @@ def test_changed_files_sees_every_kind_of_change(tmp_path: Path) -> None:
     ]
     sha = ws.commit_all(wt, "task T1")
     assert sha is not None
-    # One commit on top of the worker's own; everything in it; worktree clean.
-    assert git(repo, "log", "--format=%s", f"{wt.base}..{sha}").splitlines() == [
-        "task T1",
-        "worker's own commit",
-    ]
+    # One snapshot of the files on the base (the worker's own commit is not kept: its
+    # HEAD never decides what is merged); everything in it; worktree clean.
+    assert git(repo, "log", "--format=%s", f"{wt.base}..{sha}").splitlines() == ["task T1"]
+    assert git(repo, "rev-parse", f"{sha}^@") == wt.base
     assert git(repo, "rev-parse", wt.branch) == sha
     assert git(
         repo, "-c", "core.quotePath=false", "diff", "--name-only", wt.base, sha

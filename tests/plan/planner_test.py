@@ -306,7 +306,6 @@ def test_plan_details_agree_with_direct_computation(tasks: list[Task], jobs: int
     # The eager figures are those of a plain simulation.
     eager, slots = simulate(tasks, jobs)
     assert plan.eager_minutes == eager
-    assert plan.eager_schedule == tuple((k[1], s, e) for k, s, e in slots)
     # Most tasks at once: an event sweep, ends before starts at the same minute.
     events = sorted([(s, 1) for _, s, _ in slots] + [(e, -1) for _, _, e in slots])
     running = peak = 0

@@ -50,6 +50,7 @@ import pytest
 from conftest import PY, env_int, git, init_repo, read_tasks, task, wait_until, write_spec
 
 from reliability.support import group_alive, kill_tree, leftovers, spec_processes
+from specexec.git.owners import drop_hold
 from specexec.git.workspace import Workspace
 from specexec.tasksfile.runlock import RunLock
 from specexec.tasksfile.store import TasksStore
@@ -523,6 +524,7 @@ def test_a_dead_runs_fresh_worktree_does_not_fail_the_task_on_restart(tmp_path: 
     dead.wait()
     owner = {"pid": dead.pid, "start_time": 1.0, "host": socket.gethostname()}
     wt.path.with_name(wt.path.name + ".owner").write_text(json.dumps(owner))
+    drop_hold(ws.hold_file(wt.path))  # its hold died with the run
     TasksStore(spec).update(tasks={"a": {"status": "in_progress", "attempts": 1}})
     argv = [PY, "-m", "specexec", "run", str(spec), "--jobs", str(JOBS)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)

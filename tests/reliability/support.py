@@ -117,6 +117,7 @@ def leftovers(repo: Path, specs: Sequence[str], jobs: int) -> list[str]:
     if "prunable" in listing:
         problems.append(f"prunable worktree: {listing}")
     allowed = {"refs/heads/main", *(f"refs/heads/specexec/{s}" for s in specs)}
+    allowed |= {f"refs/specexec/tips/{s}" for s in specs}  # the tip specexec last wrote
     refs = git(repo, "for-each-ref", "--format=%(refname)").splitlines()
     problems += [
         f"ref left: {r}" for r in refs if r not in allowed and not r.startswith("refs/tags/")

@@ -428,3 +428,156 @@ def test_200mb_of_output_neither_deadlocks_nor_grows_the_runner(
     assert result.status == "pass" and result.source == "exit_code"
     growth = max(peak[0], me.memory_info().rss) - before
     assert growth < 50 * 1024 * 1024, f"runner RSS grew by {growth / 2**20:.1f} MiB"
+
+
+# --- no process of a worker outlives its task (issue 15, case 9) -------------------------
+
+# Each worker starts a process that leaves its process group; that process writes its
+# own pid once it has left (so the leader cannot end before the escape is complete). The
+# test reads it back after run_process returned: the return is the event, no sleep.
+_REPORT = "sh -c 'echo $$ > escaped.tmp; mv escaped.tmp escaped; exec sleep 300'"
+ESCAPES = {
+    "setsid": f"setsid {_REPORT} &",
+    # The daemon's way: fork, setsid, fork again, the middle one exits.
+    "double-fork": "setsid sh -c 'sh -c \"echo \\$\\$ > escaped.tmp; mv escaped.tmp escaped;"
+    " exec sleep 300\" & exit 0' &",
+    "nohup-own-session": f"nohup setsid {_REPORT} >/dev/null 2>&1 &",
+    "setpgid": (
+        f"{PY} -c 'import os; os.setpgid(0, 0);"
+        ' open("escaped.tmp", "w").write(str(os.getpid())); os.rename("escaped.tmp", "escaped");'
+        ' os.execvp("sleep", ["sleep", "300"])\' &'
+    ),
+    # Not in the issue: one that also clears its environment, so carries no marker; one
+    # that forges another marker.
+    "env-cleared": f"env -i $(command -v setsid) $(command -v sh) -c {_REPORT[6:]} &",
+    "forged-marker": f"SPECEXEC_MARKER=someone-else setsid {_REPORT} &",
+}
+# The leader waits until the escaped process has reported itself.
+_AWAIT = "while [ ! -s escaped ]; do :; done"
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def _escaped(tmp_path: Path) -> int:
+    pid = wait_until(lambda: _read(tmp_path / "escaped"), 10)
+    assert pid, "the worker wrote no pid"
+    return int(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("how", list(ESCAPES), ids=list(ESCAPES))
+def test_a_process_that_left_the_group_dies_with_its_task(
+    tmp_path: Path, groups: list[int], how: str
+) -> None:
+    # The leader waits for the pid file, so the escaped process exists when it exits.
+    command = f"{ESCAPES[how]} {_AWAIT}"
+    out = run(tmp_path, command, groups, timeout_s=30, grace_s=2)
+    pid = _escaped(tmp_path)
+    try:
+        assert out.returncode == 0
+        assert not _alive(pid), f"{how}: pid {pid} outlived its task"
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).ppid() != os.getpid(), (
+            "its zombie was left to this process"
+        )
+    finally:
+        _kill(pid)
+
+
+def test_a_timed_out_workers_setsid_child_dies_too(tmp_path: Path, groups: list[int]) -> None:
+    out = run(tmp_path, f"{ESCAPES['setsid']} {_AWAIT}; sleep 300", groups, timeout_s=1)
+    pid = _escaped(tmp_path)
+    try:
+        assert out.timed_out
+        assert not _alive(pid)
+    finally:
+        _kill(pid)
+
+
+def test_a_cancelled_workers_setsid_child_dies_too(tmp_path: Path, groups: list[int]) -> None:
+    cancel = threading.Event()
+    command = f"{ESCAPES['setsid']} {_AWAIT}; sleep 300"
+
+    def cancel_once_escaped() -> None:
+        _escaped(tmp_path)
+        cancel.set()
+
+    threading.Thread(target=cancel_once_escaped).start()
+    out = run(tmp_path, command, groups, timeout_s=60, cancel=cancel)
+    pid = _escaped(tmp_path)
+    try:
+        assert out.cancelled
+        assert not _alive(pid)
+    finally:
+        _kill(pid)
+
+
+def test_an_unrelated_process_and_another_tasks_process_are_untouched(
+    tmp_path: Path, groups: list[int]
+) -> None:
+    """A process with the same command that is not the task's, started before it (even a
+    child of the runner in a session of its own) survives; so does the setsid child of
+    another task still running, until that task ends."""
+    # (`setsid sleep` started as a group leader would fork and exit: this is what it runs.)
+    unrelated = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    go = threading.Event()
+    other: list[ProcessOutcome] = []
+    # The other task runs until told to end (a file), so it is in flight meanwhile.
+    other_cmd = f"{ESCAPES['setsid']} while [ ! -e stop ]; do sleep 0.01; done"
+
+    def run_other() -> None:
+        go.set()
+        other.append(run(other_dir, other_cmd, groups, log_path=other_dir / "log"))
+
+    thread = threading.Thread(target=run_other)
+    thread.start()
+    try:
+        go.wait()
+        other_pid = _escaped(other_dir)
+        out = run(tmp_path, f"{ESCAPES['setsid']} {_AWAIT}", groups)
+        mine = _escaped(tmp_path)
+        assert out.returncode == 0 and not _alive(mine)
+        assert _alive(other_pid), "another task's process was stopped at this task's end"
+        assert unrelated.poll() is None, "an unrelated process was stopped"
+        (other_dir / "stop").touch()
+        thread.join(30)
+        assert other and other[0].returncode == 0
+        assert not _alive(other_pid)
+        assert unrelated.poll() is None
+    finally:
+        (other_dir / "stop").touch()
+        thread.join(30)
+        unrelated.kill()
+        unrelated.wait()
+
+
+def test_orphans_that_end_on_their_own_are_reaped(tmp_path: Path, groups: list[int]) -> None:
+    """A long-lived runner (the daemon) is a subreaper: the zombies of orphans reparented
+    to it must not pile up. The orphan here has exited before the task ends."""
+    command = (
+        "(setsid sh -c 'echo $$ > escaped' &);"
+        " while [ ! -s escaped ]; do :; done;"
+        ' while grep -qv "^State:.Z" /proc/$(cat escaped)/status 2>/dev/null'
+        ' && ! grep -q "^State:.Z" /proc/$(cat escaped)/status; do :; done'
+    )
+    out = run(tmp_path, command, groups, timeout_s=30)
+    pid = _escaped(tmp_path)
+    assert out.returncode == 0
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).ppid() != os.getpid()

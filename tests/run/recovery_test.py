@@ -73,6 +73,7 @@ def test_crash_between_merge_and_record_is_merged_once(tmp_path: Path) -> None:
     tip = git(repo, "log", "--format=%H", "--grep=^g:", "specexec/k")
     git(repo, "branch", "specexec/k@g", tip)
     git(repo, "update-ref", "refs/specexec/bases/k/g", git(repo, "rev-parse", f"{tip}^1"))
+    git(repo, "update-ref", "refs/specexec/snapshots/k/g", tip)  # the snapshot it merged
     before = git(repo, "rev-parse", "specexec/k")
     done = subprocess.run(
         [PY, "-m", "specexec", "run", str(spec)], capture_output=True, text=True, timeout=120

@@ -156,7 +156,10 @@ def test_load_file_refuses_a_file_over_the_cap_before_reading_it(tmp_path: Path)
     with pytest.raises(InvalidInput) as info:
         jsonio.load_file(big)
     assert time.perf_counter() - start < 1.0
-    assert str(info.value) == f"{big}: the file is 100 MiB, larger than the 8 MiB limit"
+    assert (
+        str(info.value)
+        == f"{big}: the file is 100 MiB (104,857,600 bytes), larger than the 8 MiB (8,388,608 bytes) limit"
+    )
 
 
 def test_load_file_refuses_a_symlink(tmp_path: Path) -> None:

@@ -469,7 +469,10 @@ DEEP = b"[" * 100_000 + b"]" * 100_000
         (b'{"version": 1, "tasks": [{"id": "T1", "n": NaN}]}', "1:44: NaN is not a valid"),
         (DEEP, "1:65: nesting deeper than 64 levels"),
         (b'{"tasks": [\n  {"id": "T\xe91"}]}', "2:12: invalid UTF-8 (byte 0xe9)"),
-        (None, "the file is 100 MiB, larger than the 8 MiB limit"),
+        (
+            None,
+            "the file is 100 MiB (104,857,600 bytes), larger than the 8 MiB (8,388,608 bytes) limit",
+        ),
     ],
     ids=["truncated", "duplicate", "nan", "deep", "utf8", "100MB"],
 )
@@ -687,7 +690,7 @@ def test_a_document_that_could_not_be_loaded_again_is_not_written(tmp_path: Path
     store = TasksStore(spec)
     with pytest.raises(InvalidInput, match="nested deeper than 64 levels"):
         store.update(tasks={"T1": {"result": deep}})
-    with pytest.raises(InvalidInput, match="more than the 8388608-byte limit"):
+    with pytest.raises(InvalidInput, match=r"more than the 8 MiB \(8,388,608 bytes\) limit"):
         store.update(tasks={"T1": {"result": "x" * (9 * 1024 * 1024)}})
     assert (spec / "tasks.json").read_bytes() == before
     assert _tmp_files(spec) == []

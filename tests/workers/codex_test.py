@@ -257,3 +257,12 @@ def test_rejected_edit_fails_even_with_a_result_file_saying_pass(tmp_path: Path)
     res = _parse(tmp_path, REJECTED, 0)
     assert res.source == "result_file" and res.status == "fail"
     assert "codex rejected the agent's edit" in (res.blocker or "")
+
+
+def test_a_failed_file_change_is_a_denial() -> None:
+    # Not seen here (a refused patch leaves no item); the shape is the exec event schema's
+    # PatchApplyStatus "failed".
+    failed = SUCCESS.replace('"status":"completed"}}', '"status":"failed"}}')
+    env = unwrap(failed)
+    assert env is not None and env.error is None
+    assert env.denials == ("file change failed: /abs/worktree/hello.txt",)

@@ -611,3 +611,112 @@ def test_a_refused_write_never_passes(tmp_path: Path, claimed_in: str) -> None:
     assert res.status == "fail"
     assert res.blocker is not None and "gemini rejected an edit (write_file failed)" in res.blocker
     assert res.denials == ("write_file /tmp/sample/outside.txt",)
+
+
+# --------------------------------------------------------------------------- error classes
+
+SAMPLES = Path(__file__).parent / "gemini_samples"
+
+
+def sample(name: str) -> str:
+    """Output of the real CLI (``general.maxAttempts: 1``, model pinned) when the scripted
+    server answered every call with that error body (and a ``retry-after: 3`` header, which
+    the CLI ignores)."""
+    return (SAMPLES / f"{name}.txt").read_text()
+
+
+@pytest.mark.parametrize(
+    ("log", "cls", "wait"),
+    [
+        (E401_STDERR, "auth", None),
+        (sample("e403"), "auth", None),
+        (E429_STDERR, "rate_limit", None),  # "Resource exhausted.", retryDelayMs undefined
+        # RetryInfo detail: "Suggested retry after 3s." in the message, retryDelayMs: 3000.
+        (sample("retryinfo"), "rate_limit", 3.0),
+        (sample("pleaseretry"), "rate_limit", 2.5),  # "Please retry in 2.5s."
+        (E500_STDERR, "overloaded", None),
+        (sample("e503"), "overloaded", None),  # exit 247, "The model is overloaded."
+    ],
+)
+def test_api_errors_have_a_class_and_the_stated_wait(
+    log: str, cls: str, wait: float | None
+) -> None:
+    env = unwrap(log)
+    assert env is not None and env.error is not None
+    assert env.error_class == cls
+    assert env.retry_after_s == wait
+
+
+def test_the_http_retry_after_header_is_not_in_the_output() -> None:
+    # The server sent retry-after: 3 with the 503: the CLI neither honours nor prints it.
+    assert "retry-after" not in sample("e503").lower()
+
+
+def test_missing_auth_type_exit_41_is_auth() -> None:
+    obj = {
+        "session_id": "s",
+        "error": {"type": "Error", "message": "Invalid auth method selected.", "code": 41},
+    }
+    env = unwrap(json.dumps(obj, indent=2) + "\n")
+    assert env is not None and env.error_class == "auth" and env.retry_after_s is None
+
+
+def test_a_dropped_connection_is_overloaded() -> None:
+    # Seen once: the server closed the connection mid-response (exit 1).
+    obj = {
+        "session_id": "s",
+        "error": {
+            "type": "Error",
+            "message": "exception TypeError: fetch failed sending request",
+            "code": 1,
+        },
+    }
+    env = unwrap(json.dumps(obj, indent=2) + "\n")
+    assert env is not None and env.error_class == "overloaded"
+
+
+def test_a_bad_request_or_unknown_model_has_no_class() -> None:
+    # 404 (the CLI's ModelNotFoundError) or 400: the setup is wrong, the API is fine:
+    # agent_error, retried by the ordinary rules only.
+    for code in (400, 404):
+        body = json.dumps({"error": {"code": code, "message": "models/x is not found"}})
+        obj = {"session_id": "s", "error": {"type": "Error", "message": body, "code": code}}
+        env = unwrap(json.dumps(obj, indent=2) + "\n")
+        assert env is not None and env.error is not None and env.error_class is None
+
+
+@pytest.mark.parametrize("stderr", [OUTSIDE_STDERR, DOTGIT_STDERR])
+def test_a_refused_edit_stays_an_agent_error(tmp_path: Path, stderr: str) -> None:
+    env = unwrap(OUTSIDE_STDOUT + stderr)
+    assert env is not None and env.error is not None and env.error_class is None
+    res = parse(tmp_path, OUTSIDE_STDOUT + stderr, 0)
+    assert res.status == "fail" and res.error_class == "agent_error"
+
+
+def test_untrusted_folder_stays_an_agent_error(tmp_path: Path) -> None:
+    stderr = "Gemini CLI is not running in a trusted directory. To proceed, use --skip-trust\n"
+    res = parse(tmp_path, stderr, 55)
+    assert res.status == "fail" and res.error_class == "agent_error"
+
+
+@pytest.mark.parametrize(
+    ("log", "rc", "cls", "wait"),
+    [
+        (E401_STDERR, 145, "auth", None),
+        (E429_STDERR, 173, "rate_limit", None),
+        (sample("retryinfo"), 173, "rate_limit", 3.0),
+        (E500_STDERR, 244, "overloaded", None),
+    ],
+)
+def test_parse_result_carries_the_class(
+    tmp_path: Path, log: str, rc: int, cls: str, wait: float | None
+) -> None:
+    res = parse(tmp_path, log, rc)
+    assert res.status == "fail"
+    assert res.error_class == cls and res.retry_after_s == wait
+
+
+def test_success_has_no_class(tmp_path: Path) -> None:
+    env = unwrap(SUCCESS_STDOUT + SUCCESS_STDERR)
+    assert env is not None and env.error_class is None and env.retry_after_s is None
+    assert parse(tmp_path, SUCCESS_STDOUT + SUCCESS_STDERR, 0).error_class is None

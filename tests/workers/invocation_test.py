@@ -357,4 +357,8 @@ def test_fake_agents_are_on_path_only_in_the_worker_env() -> None:
     # The real CLIs must never be run by this suite by accident.
     for agent in AGENTS:
         assert (FAKE_AGENTS / agent).stat().st_mode & 0o111
-    assert shutil.which("claude", path=str(FAKE_AGENTS)) == str(FAKE_AGENTS / "claude")
+        # Not on this process's PATH: only a worker environment that adds them finds them.
+        found = shutil.which(agent)
+        assert found is None or Path(found).parent != FAKE_AGENTS, found
+    env = worker_env({**os.environ, "PATH": f"{FAKE_AGENTS}{os.pathsep}{os.environ['PATH']}"})
+    assert shutil.which("claude", path=env["PATH"]) == str(FAKE_AGENTS / "claude")

@@ -1,0 +1,408 @@
+"""Issue 17 with shell workers: every failure class, waits that do not use up retries,
+the circuit breaker, adaptive concurrency, the resource guard, budgets, on_conflict."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import subprocess
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PY, git, read_tasks, run_cli, task, write_spec
+
+from specexec.run import fleet
+from specexec.tasksfile.types import Task, WorkerConfig
+from specexec.workers import claude, codex
+
+
+def run_json(spec: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(
+        next((spec / ".specexec" / "runs").glob("*/run.json")).read_text()
+    )
+    return doc
+
+
+def events(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def at(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def once_then(marker_dir: Path, first: str, then: str = "exit 0") -> str:
+    """A command that runs ``first`` on its first call (per task) and ``then`` after."""
+    m = shlex.quote(str(marker_dir)) + '/"$SPECEXEC_TASK_ID"'
+    return f"if [ -e {m} ]; then {then}; else touch {m}; {first}; fi"
+
+
+def spec_of(repo: Path, tasks: list[dict[str, Any]], **top: Any) -> Path:
+    d: Path = write_spec(repo / "specs" / "fleet", tasks, **top)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "spec")
+    return d
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def test_backoff_is_exponential_with_jitter_and_honours_a_stated_wait() -> None:
+    assert fleet.backoff(1, 7.5) == 7.5
+    assert fleet.backoff(3, None, base=2, cap=300, rand=lambda: 0.0) == 4.0  # half of 8
+    assert fleet.backoff(3, None, base=2, cap=300, rand=lambda: 1.0) == 8.0
+    assert fleet.backoff(20, None, base=2, cap=300, rand=lambda: 1.0) == 300.0
+
+
+def test_concurrency_halves_once_per_burst_and_grows_back() -> None:
+    c = fleet.Concurrency(8)
+    assert c.limit("w") == 8
+    assert c.lower("w", 0.0, "rate_limit") == 4
+    assert c.lower("w", 0.0, "rate_limit") is None  # started before the decrease
+    for want in (5, 6, 7, 8):
+        assert c.grow("w") == want
+    assert c.grow("w") is None
+    assert [e["limit"] for e in c.log] == [8, 4, 5, 6, 7, 8]
+    assert [e["why"] for e in c.log][:2] == ["start", "rate_limit"]
+    one = fleet.Concurrency(1)
+    assert one.lower("w", 0.0, "overloaded") is None  # never below 1
+
+
+def test_the_guard_reads_memory_now_and_cpu_over_a_window() -> None:
+    cpu = iter([0.0, 95.0, 99.0, 10.0, 10.0, 10.0, 10.0, 10.0])
+    g = fleet.ResourceGuard(
+        85, 90, window_s=3, every_s=1, memory=lambda: 50.0, cpu=lambda: next(cpu)
+    )
+    g.sample(0)
+    assert g.busy() is None  # the first CPU reading covers nothing
+    g.sample(1)
+    g.sample(2)
+    assert g.busy() is not None and "CPU" in (g.busy() or "")
+    g.sample(2.5)  # too soon: not sampled
+    for t in (3, 4, 5, 6):
+        g.sample(t)
+    assert g.busy() is None
+    hot = fleet.ResourceGuard(85, 90, memory=lambda: 90.0, cpu=lambda: 0.0)
+    hot.sample(0)
+    assert "memory 90%" in (hot.busy() or "")
+
+
+def test_worker_identity() -> None:
+    t = Task("a", "s", command="make")
+    assert fleet.worker_id(t, None) == "shell make"
+    assert fleet.worker_id(t, WorkerConfig(preset="claude", args=("--model", "x"))) == "claude"
+    assert fleet.worker_id(t, WorkerConfig(preset="claude", command="./w.sh")) == "command ./w.sh"
+    assert fleet.token_count({"input": 10, "output": 5, "cache_read": 100}) == 15
+
+
+def test_plugins_classify_their_cli_errors() -> None:
+    def result(status: int | None, text: str) -> str:
+        obj = {"type": "result", "subtype": "success", "is_error": True, "result": text}
+        return json.dumps(obj | {"api_error_status": status})
+
+    cases = {
+        429: "rate_limit",
+        401: "auth",
+        403: "auth",
+        500: "overloaded",
+        529: "overloaded",
+    }
+    for status, cls in cases.items():
+        env = claude.unwrap(result(status, "API Error"))
+        assert env is not None and env.error_class == cls, status
+    env = claude.unwrap(result(None, "Claude AI usage limit reached|9999999999"))
+    assert env is not None and env.error_class == "rate_limit"
+    assert env.retry_after_s is not None and env.retry_after_s > 1e9 - 2e9  # until the reset
+    ok = claude.unwrap(json.dumps({"type": "result", "subtype": "success", "result": "x"}))
+    assert ok is not None and ok.error_class is None
+
+    def failed(message: str) -> str:
+        return "\n".join(
+            json.dumps(e)
+            for e in (
+                {"type": "thread.started"},
+                {"type": "error", "message": message},
+                {"type": "turn.failed", "error": {"message": message}},
+            )
+        )
+
+    for message, cls in (
+        ("unexpected status 401 Unauthorized: injected 401, url: http://h/v1", "auth"),
+        ("exceeded retry limit, last status: 429 Too Many Requests", "rate_limit"),
+        (
+            "We\u2019re currently experiencing high demand, which may cause temporary errors.",
+            "overloaded",
+        ),
+        ("Missing environment variable: `KEY`.", "auth"),
+    ):
+        env = codex.unwrap(failed(message))
+        assert env is not None and env.error_class == cls, message
+
+
+# --------------------------------------------------------------------------- classes
+
+
+def test_every_class_a_shell_worker_can_show(repo: Path, tmp_path: Path) -> None:
+    noexec = tmp_path / "noexec.sh"
+    noexec.write_text("#!/bin/sh\nexit 0\n")
+    noexec.chmod(0o644)
+    slow = f"{PY} -c 'import time; time.sleep(30)'"
+    tasks = [
+        task("missing", command="specexec-no-such-program-xyz", isolation="none"),
+        task("noexec", command=shlex.quote(str(noexec)), isolation="none"),
+        task("failed", command="echo something broke; exit 3", isolation="none"),
+        task(
+            "reported", command='echo \'{"status": "fail", "blocker": "nope"}\'', isolation="none"
+        ),
+        task("slow", command=slow, isolation="none", timeout_minutes=0.02),
+        task("nochange", command="true", files=["n.txt"], expect_changes=True),
+        task("verify", command="echo v > v.txt", files=["v.txt"], verify="false"),
+    ]
+    d = spec_of(repo, tasks)
+    proc = run_cli("run", str(d), "--retries", "0", "--jobs", "4", "--json", cwd=repo)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    by_id = read_tasks(d)
+    want = {
+        "missing": "not_found",
+        "noexec": "not_found",
+        "failed": "worker_failed",
+        "reported": "agent_error",
+        "slow": "timeout",
+        "nochange": "no_change",
+        "verify": "verify_failed",
+    }
+    assert {t: by_id[t].get("error_class") for t in want} == want
+    assert all(by_id[t]["status"] == "fail" for t in want)
+    assert "127" in by_id["missing"]["blocker"] and "126" in by_id["noexec"]["blocker"]
+    finished = {e["task"]: e for e in events(proc.stdout) if e["event"] == "task_finished"}
+    assert {t: finished[t]["error_class"] for t in want} == want
+    records = {r["task"]: r for r in run_json(d)["records"]}
+    assert {t: records[t]["error_class"] for t in want} == want
+    assert run_json(d)["error_classes"]["not_found"] == 2
+
+
+def test_a_rate_limit_is_waited_out_without_using_a_retry(repo: Path, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    cmd = once_then(marks, "echo 'HTTP 429 Too Many Requests (retry-after: 0.5)' >&2; exit 1")
+    busy = once_then(marks, "echo '503 Service Unavailable, retry after 300ms'; exit 1")
+    d = spec_of(
+        repo,
+        [task("A", command=cmd, isolation="none"), task("B", command=busy, isolation="none")],
+    )
+    proc = run_cli("run", str(d), "--retries", "0", "--json", cwd=repo)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    by_id = read_tasks(d)
+    assert by_id["A"]["status"] == by_id["B"]["status"] == "pass"
+    assert by_id["A"]["attempts"] == 2 and "error_class" not in by_id["A"]
+    evs = events(proc.stdout)
+    waits = {e["task"]: e for e in evs if e["event"] == "task_waiting"}
+    assert waits["A"]["error_class"] == "rate_limit" and waits["A"]["seconds"] == 0.5
+    assert waits["B"]["error_class"] == "overloaded" and waits["B"]["seconds"] == 0.3
+    for tid, w in waits.items():
+        again = [e for e in evs if e["event"] == "task_started" and e["task"] == tid][1]
+        assert at(again["time"]) >= at(w["resume_at"]) - 0.01  # the wait was honoured
+    records = {r["task"]: r for r in run_json(d)["records"]}
+    assert records["A"]["retried"] == 0 and records["A"]["waits"] == 1
+    assert run_json(d)["workers"]["retried"] == 0
+
+
+def test_a_wait_past_max_wait_minutes_fails_with_the_class(repo: Path) -> None:
+    cmd = "echo 'rate limit exceeded, retry-after: 60'; exit 1"
+    d = spec_of(
+        repo, [task("A", command=cmd, isolation="none")], defaults={"max_wait_minutes": 0.5}
+    )
+    proc = run_cli("run", str(d), "--json", cwd=repo)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    a = read_tasks(d)["A"]
+    assert a["status"] == "fail" and a["error_class"] == "rate_limit"
+    assert "gave up" in a["blocker"] and "max_wait_minutes" in a["blocker"]
+    assert a["attempts"] == 1  # not retried either: waiting was the answer, and it is spent
+
+
+def test_ctrl_c_during_a_wait_stops_at_once(repo: Path) -> None:
+    cmd = "echo '429 Too Many Requests retry-after: 600'; exit 1"
+    d = spec_of(repo, [task("A", command=cmd, isolation="none")])
+    proc = subprocess.Popen(
+        [PY, "-m", "specexec", "run", str(d), "--json"],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if '"task_waiting"' in line:
+            break
+    shown = run_cli("status", str(d), cwd=repo)  # while it waits
+    assert "waiting until" in shown.stdout and "UTC" in shown.stdout, shown.stdout
+    assert "concurrency shell" in shown.stdout, shown.stdout
+    proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=20)
+    assert code == 130, proc.stderr.read() if proc.stderr else ""
+    a = read_tasks(d)["A"]
+    assert a["status"] == "pending" and "waiting_until" not in a
+
+
+def test_auth_stops_the_worker_and_leaves_its_tasks_pending(repo: Path, tmp_path: Path) -> None:
+    worker = tmp_path / "agent.sh"
+    worker.write_text("#!/bin/sh\necho 'Error: 401 Unauthorized: invalid API key' >&2\nexit 1\n")
+    worker.chmod(0o755)
+    other = task("other", command="echo ok", isolation="none")
+    tasks = [task(t, isolation="none", worker={"command": str(worker)}) for t in "ABC"]
+    d = spec_of(repo, [*tasks, other])
+    proc = run_cli("run", str(d), "--jobs", "1", "--json", cwd=repo)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    by_id = read_tasks(d)
+    assert by_id["A"]["status"] == "fail" and by_id["A"]["error_class"] == "auth"
+    assert by_id["A"]["attempts"] == 1  # not retried
+    assert by_id["B"]["status"] == by_id["C"]["status"] == "pending"
+    assert by_id["other"]["status"] == "pass"  # another worker goes on
+    m = run_json(d)
+    assert m["tasks"]["pending"] == 2
+    assert any("auth" in why for why in m["stopped_workers"].values())
+    summary = run_cli("run", str(d), "--jobs", "1", cwd=repo)  # the summary names it
+    assert "stopped: worker command" in summary.stdout and "auth" in summary.stdout
+
+
+def test_concurrency_halves_on_rate_limits_and_grows_back(repo: Path, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    # All four fail at once (each waits until all four have started), once.
+    g = shlex.quote(str(gate))
+    first = (
+        f'touch {g}/"$SPECEXEC_TASK_ID"; '
+        f'while [ "$(ls {g} | wc -l)" -lt 4 ]; do sleep 0.05; done; '
+        "echo '429 rate limited, retry-after: 0.2'; exit 1"
+    )
+    script = tmp_path / "agent.sh"
+    script.write_text("#!/bin/sh\n" + once_then(marks, first) + "\n")
+    script.chmod(0o755)
+    d = spec_of(repo, [task(t, isolation="none") for t in "ABCD"])
+    proc = run_cli("run", str(d), "--jobs", "4", "--worker", str(script), "--json", cwd=repo)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = run_json(d)["concurrency"]
+    limits = [(e["limit"], e["why"]) for e in log]
+    assert limits[0] == (4, "start")
+    assert limits[1] == (2, "rate_limit")  # once for the burst, not four times
+    assert limits[-1] == (4, "success")
+    assert run_json(d)["workers"]["retried"] == 0
+    shown = [e for e in events(proc.stdout) if e["event"] == "concurrency"]
+    assert next(e["limit"] for e in shown) == 2
+
+
+# --------------------------------------------------------------------------- guard, budget
+
+
+def test_the_resource_guard_holds_starts_while_memory_is_above_it(repo: Path) -> None:
+    tasks = [task(t, command="echo ok", isolation="none") for t in "ABC"]
+    d = spec_of(repo, tasks)
+    proc = run_cli("run", str(d), "--jobs", "3", "--max-memory-percent", "0.1", "--json", cwd=repo)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    evs = events(proc.stdout)
+    kinds = [
+        e["event"] for e in evs if e["event"] in ("task_started", "resource_wait", "resource_ok")
+    ]
+    # One starts (nothing runs), the guard holds the others, then each starts in turn.
+    starts = [i for i, k in enumerate(kinds) if k == "task_started"]
+    assert len(starts) == 3 and kinds.index("resource_wait") < starts[1]
+    assert kinds.index("resource_ok", kinds.index("resource_wait")) < starts[2]
+    wait = next(e for e in evs if e["event"] == "resource_wait")
+    assert "memory" in wait["reason"] and "--max-memory-percent 0.1" in wait["reason"]
+    m = run_json(d)
+    assert m["max_concurrent"] == 1
+    assert m["resource_waits"] and "memory" in m["resource_waits"][0]["why"]
+
+
+CLAUDE_RESULT = {
+    "type": "result",
+    "subtype": "success",
+    "is_error": False,
+    "result": 'Done.\n\n```json\n{"status": "pass"}\n```\n',
+    "total_cost_usd": 0.03,
+    "usage": {"input_tokens": 1000, "output_tokens": 100},
+}
+
+
+def test_the_cost_budget_stops_starting_tasks(repo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    out.write_text(json.dumps(CLAUDE_RESULT) + "\n")
+    worker = {"command": f"cat {shlex.quote(str(out))}", "preset": "claude"}
+    d = spec_of(repo, [task(t, isolation="none") for t in "ABCD"], worker=worker)
+    proc = run_cli("run", str(d), "--max-cost", "0.05", "--jobs", "1", cwd=repo)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    statuses = [t["status"] for t in read_tasks(d).values()]
+    assert statuses.count("pass") <= 2 and statuses.count("pending") >= 2
+    assert set(statuses) == {"pass", "pending"}
+    assert "budget reached" in proc.stdout and "--max-cost $0.05" in proc.stdout
+    m = run_json(d)
+    assert m["cost_usd"] == pytest.approx(0.06) and m["budget_reached"]
+    assert m["tokens"] == {"input": 2000, "output": 200}
+    passed = [t for t in read_tasks(d).values() if t["status"] == "pass"]
+    assert all(t["cost_usd"] == 0.03 and t["tokens"]["output"] == 100 for t in passed)
+    shown = run_cli("status", str(d), cwd=repo).stdout
+    assert "$0.0300 1100 tok" in shown and "recorded cost: $0.0600 2200 tok" in shown, shown
+
+
+def test_the_token_budget_of_tasks_json(repo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    out.write_text(json.dumps(CLAUDE_RESULT) + "\n")
+    worker = {"command": f"cat {shlex.quote(str(out))}", "preset": "claude"}
+    d = spec_of(
+        repo,
+        [task(t, isolation="none") for t in "ABC"],
+        worker=worker,
+        defaults={"max_tokens": 1000},
+    )
+    proc = run_cli("run", str(d), "--jobs", "1", cwd=repo)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    statuses = sorted(t["status"] for t in read_tasks(d).values())
+    assert statuses == ["pass", "pending", "pending"]
+    assert "defaults.max_tokens 1000" in proc.stdout
+
+
+# --------------------------------------------------------------------------- on_conflict
+
+
+def both_started(tmp_path: Path, me: str, other: str, text: str) -> str:
+    """Write ``text`` to shared.txt once both tasks have started (from the same base)."""
+    g = shlex.quote(str(tmp_path))
+    return (
+        f"touch {g}/{me}.started; "
+        f"while [ ! -e {g}/{other}.started ]; do sleep 0.05; done; "
+        f"echo {text} > shared.txt"
+    )
+
+
+@pytest.mark.parametrize("on_conflict", ["fail", "rerun"])
+def test_a_merge_conflict_fails_or_reruns_from_the_new_tip(
+    repo: Path, tmp_path: Path, on_conflict: str
+) -> None:
+    (repo / "shared.txt").write_text("base\n")
+    tasks = [
+        task("A", command=both_started(tmp_path, "A", "B", "from-a"), files=["a/"]),
+        task("B", command=both_started(tmp_path, "B", "A", "from-b"), files=["b/"]),
+    ]
+    d = spec_of(repo, tasks, defaults={"on_conflict": on_conflict})
+    proc = run_cli("run", str(d), "--jobs", "2", "--retries", "0", cwd=repo)
+    by_id = read_tasks(d)
+    if on_conflict == "fail":
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        failed = [t for t in by_id.values() if t["status"] == "fail"]
+        assert len(failed) == 1 and failed[0]["error_class"] == "merge_conflict"
+        return
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert all(t["status"] == "pass" for t in by_id.values())
+    rerun = next(t for t in by_id.values() if t["attempts"] == 2)
+    # The first attempt's branch is kept; the rerun was told what conflicted.
+    kept = f"specexec/fleet@{rerun['id']}-conflict1"
+    assert git(repo, "branch", "--list", kept).strip()
+    prompt = next((d / ".specexec" / "runs").glob(f"*/{rerun['id']}.prompt.md")).read_text()
+    assert "Merge Conflict Last Time" in prompt and "- shared.txt" in prompt
+    winner = "from-b" if rerun["id"] == "B" else "from-a"
+    assert git(repo, "show", "specexec/fleet:shared.txt").strip() == winner
