@@ -94,12 +94,15 @@ class Concurrency:
     jobs: int
     limits: dict[str, int] = field(default_factory=dict)
     lowered_at: dict[str, float] = field(default_factory=dict)
+    # Changes over time; a worker's "start" entry (its first task, at --jobs) is written
+    # with its first change, so a run of many workers that never hit a limit logs nothing.
     log: list[dict[str, Any]] = field(default_factory=list)
+    first_seen: dict[str, str] = field(default_factory=dict)
 
     def limit(self, worker: str) -> int:
         if worker not in self.limits:
             self.limits[worker] = self.jobs
-            self._record(worker, "start")
+            self.first_seen[worker] = utc_iso(ms=True)
         return self.limits[worker]
 
     def lower(self, worker: str, attempt_started: float, why: str) -> int | None:
@@ -125,6 +128,9 @@ class Concurrency:
         return cur + 1
 
     def _record(self, worker: str, why: str) -> None:
+        if worker in self.first_seen:
+            start = self.first_seen.pop(worker)
+            self.log.append({"t": start, "worker": worker, "limit": self.jobs, "why": "start"})
         self.log.append(
             {"t": utc_iso(ms=True), "worker": worker, "limit": self.limits[worker], "why": why}
         )

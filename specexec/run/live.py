@@ -42,11 +42,18 @@ class LiveState:
     running: dict[str, tuple[float, int]] = field(default_factory=dict)  # -> since, attempt
     waiting: dict[str, str] = field(default_factory=dict)  # -> resume time (UTC HH:MM:SS)
     started: float | None = None  # monotonic time of run_started
+    # Issue 17: each worker's limit while below --jobs, the run's spend, why no task starts.
+    limits: dict[str, tuple[int, int]] = field(default_factory=dict)  # -> limit, --jobs
+    jobs: int = 0
+    cost_usd: float = 0.0
+    tokens: int = 0
+    held: str | None = None
 
     def apply(self, kind: str, f: dict[str, Any], now: float) -> None:
         who = f"{f.get('spec', '')}/{f.get('task', '')}"
         if kind == "run_started":
             self.total += int(f.get("pending") or 0)
+            self.jobs = int(f.get("jobs") or 0)
             if self.started is None:
                 self.started = now
         elif kind == "task_started":
@@ -57,6 +64,18 @@ class LiveState:
             self.waiting.pop(who, None)
             self.finished += 1
             self.failed += f.get("status") == "fail"
+            self.cost_usd = float(f.get("total_cost_usd") or self.cost_usd)
+            self.tokens = int(f.get("total_tokens") or self.tokens)
+        elif kind == "concurrency":
+            worker, limit = str(f.get("worker", "")), int(f.get("limit") or 1)
+            if limit >= self.jobs:
+                self.limits.pop(worker, None)
+            else:
+                self.limits[worker] = (limit, self.jobs)
+        elif kind == "resource_wait":
+            self.held = str(f.get("reason", ""))
+        elif kind == "resource_ok":
+            self.held = None
         elif kind == "task_blocked":
             self.blocked += 1
         elif kind == "task_waiting":
@@ -77,6 +96,8 @@ class LiveState:
         t.append(f" · {len(self.running)} running")
         if self.waiting:
             t.append(f" · {len(self.waiting)} waiting")
+        if self.cost_usd or self.tokens:
+            t.append(f" · ${self.cost_usd:.4f}, {self.tokens} tokens")
         since = self.started if self.started is not None else now
         t.append(f" · {fmt.duration(now - since)}")
         if eta is not None and (self.running or self.waiting):
@@ -102,6 +123,16 @@ class LiveState:
             row.append("waiting  ", style="yellow")
             row.append(clean(who, 80))
             row.append(f"  until {clean(resume, 8)} UTC")
+            rows.append(row)
+        for worker, (limit, jobs) in sorted(self.limits.items())[:MAX_ROWS]:
+            row = Text(no_wrap=True, overflow="ellipsis")
+            row.append("limit    ", style="yellow")
+            row.append(f"{clean(worker, 60)}: {limit} of {jobs} at once")
+            rows.append(row)
+        if self.held:
+            row = Text(no_wrap=True, overflow="ellipsis")
+            row.append("held     ", style="yellow")
+            row.append(f"no new task starts: {clean(self.held, 100)}")
             rows.append(row)
         rows.append(self.footer(now, eta))
         return Group(*rows)

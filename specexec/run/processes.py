@@ -9,8 +9,16 @@ Guarantees (DESIGN §3.3-3.4):
   result parsing looks only at the latest attempt.
 - The worker runs in its own session/process group. On timeout or cancel the whole group
   gets SIGTERM, then SIGKILL after ``grace_s``. After the leader exits on its own, anything
-  left in its group (``cmd &``) is stopped the same way. A process that calls ``setsid``
-  itself leaves the group and is out of reach (that would need cgroups).
+  left in its group (``cmd &``) is stopped the same way.
+- No process of a worker outlives its attempt, even one that left the group (setsid,
+  double fork, setpgid, nohup): the runner is a child subreaper (Linux), so orphans are
+  reparented to it, and every attempt's processes carry a marker of their own
+  (MARKER_VAR) in their environment. At every end (exit, timeout, cancel, an exception)
+  the orphans with the attempt's marker, and all their descendants, get SIGTERM, then
+  SIGKILL; their zombies are reaped here. Orphans no running attempt can own (a cleared
+  environment, a forged marker) are stopped when no attempt is in flight. Out of reach:
+  a process another service starts for the worker (systemd-run, at), which would need
+  cgroups.
 - If the runner itself is SIGKILLed, nothing in-process can clean up. Every live worker
   is recorded in a registry directory (pgid + leader start time), and two safety nets read
   it: a small guardian process (one per runner) stops the recorded groups as soon as the
@@ -539,15 +547,20 @@ def _session(pid: int) -> int | None:
         return None
 
 
-def _orphans() -> list[int]:
+def _orphans() -> tuple[list[int], set[str]]:
     """Children of this runner it did not start itself: reparented to it as subreaper
-    (its own git commands are in its session; its workers and guardian are recorded)."""
+    (its own git commands are in its session; its workers and guardian are recorded),
+    and the markers of the attempts in flight at that moment.
+
+    One snapshot under the lock that workers are started under: a worker started just
+    after the list was read would otherwise be an unrecorded child, mistaken for an
+    orphan and killed at birth."""
     own_sid = _session(0)
     with _state_lock:
         own = set(_own_sessions)
-    return [
-        c for c in _children(os.getpid()) if c not in own and _session(c) not in (None, own_sid)
-    ]
+        live = set(_live_markers)
+        children = _children(os.getpid())
+    return [c for c in children if c not in own and _session(c) not in (None, own_sid)], live
 
 
 def _task_orphans(marker: str, cleared_since: float | None) -> list[int]:
@@ -556,14 +569,13 @@ def _task_orphans(marker: str, cleared_since: float | None) -> list[int]:
     then that no running attempt and not the runner can own: environment cleared, or a
     marker forged or of an attempt that has ended. Only a worker can have left those."""
     own = os.environ.get(RUNNER_VAR, "")
-    with _state_lock:
-        live = set(_live_markers)
     try:
         exe = os.readlink("/proc/self/exe")
     except OSError:
         exe = None
     found = []
-    for pid in _orphans():
+    orphans, live = _orphans()
+    for pid in orphans:
         env = _environ(pid)
         if env is None:
             continue  # a zombie (reaped below) or gone
@@ -629,7 +641,7 @@ def reap_orphans() -> list[int]:
     """Reap the zombies of orphans reparented to this subreaper. Never a child this
     process started (a Popen, git's included, must get its own exit status)."""
     reaped = []
-    for child in _orphans():
+    for child in _orphans()[0]:
         with _state_lock:
             if child in _own_sessions:
                 continue

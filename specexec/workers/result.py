@@ -285,6 +285,21 @@ def parse_result(
 
 
 CLASSIFY_TAIL_LINES = 20  # of a shell worker's output, searched for an API's error words
+_NUMBER = re.compile(r"(?<![\w.])\d{3}(?![\w.])")
+_STATUS_WORDS = re.compile(r"(?:http|status|error|code|api|returned|response)\W{0,3}$", re.I)
+_FILE_DENIED = re.compile(r"permission denied", re.I)
+
+
+def _shell_words(text: str) -> str:
+    """A shell worker's output as classify_text may read it: a three-digit number counts
+    only right after a status word ("HTTP 429", "status: 503"), so "512 passed" is no
+    overload, and "Permission denied" is a file's mode, not a login."""
+
+    def number(m: re.Match[str]) -> str:
+        before = text[max(0, m.start() - 12) : m.start()]
+        return m.group(0) if _STATUS_WORDS.search(before) else ""
+
+    return _FILE_DENIED.sub("", _NUMBER.sub(number, text))
 
 
 def _classify(
@@ -299,7 +314,7 @@ def _classify(
         return replace(result, error_class="not_found")
     if returncode is not None and returncode != 0 and env.kind == "plain":
         tail = "\n".join(output.splitlines()[-CLASSIFY_TAIL_LINES:])
-        named = classify_text(tail)
+        named = classify_text(_shell_words(tail))
         if named is not None:
             return replace(result, error_class=named, retry_after_s=retry_after(tail))
         return replace(result, error_class="worker_failed")

@@ -40,8 +40,10 @@ def namespace_prefix() -> list[str]:
 
 FILLER = """
 import os, sys, time
-f = open(os.path.join(os.environ["SPECEXEC_SPEC_DIR"], "filler"), "ab", buffering=0)
 stop = time.monotonic() + 120  # never outlive the test for long
+while not os.path.exists(sys.argv[2]) and time.monotonic() < stop:
+    time.sleep(0.005)
+f = open(os.path.join(sys.argv[1], "filler"), "ab", buffering=0)
 while time.monotonic() < stop:
     try:
         f.write(bytes(4096))
@@ -50,14 +52,13 @@ while time.monotonic() < stop:
 """
 
 
-def fill_command(pid_file: Path) -> str:
-    """Fill the disk and keep it full: a page freed later (say, a worker's registry record
-    removed) is taken again within milliseconds, so every later write of tasks.json fails.
-    The filler leaves the worker's process group (setsid) to outlive the task; the test
-    stops it by its recorded pid."""
+def fill_command(go: Path) -> str:
+    """Have the disk filled and kept full: a page freed later (say, a worker's registry
+    record removed) is taken again within milliseconds, so every later write of
+    tasks.json fails. The filler must outlive the task, so the test starts it (no process
+    of a worker outlives its task); the worker only tells it to begin, through ``go``."""
     return (
-        f"setsid {shlex.quote(PY)} -c {shlex.quote(FILLER)} > /dev/null 2>&1 & "
-        f"echo $! > {shlex.quote(str(pid_file))}; "
+        f"touch {shlex.quote(str(go))}; "
         'while [ ! -s "$SPECEXEC_SPEC_DIR/filler" ]; do sleep 0.01; done; sleep 0.2; '
         "echo a > a.txt"
     )
@@ -73,7 +74,7 @@ def test_disk_full_leaves_tasks_json_intact_and_a_rerun_finishes(
             task(
                 "fill",
                 files=["a.txt"],
-                command=fill_command(tmp_path / "filler.pid"),
+                command=fill_command(tmp_path / "go"),
                 **{"x-keep": "an unknown field"},
             ),
             task("next", blocked_by=["fill"], files=["b.txt"], command="echo b > b.txt"),
@@ -92,6 +93,9 @@ def test_disk_full_leaves_tasks_json_intact_and_a_rerun_finishes(
         mount -t tmpfs -o size=256k,mode=0755 tmpfs {q(str(spec))} || exit 99
         cp {q(str(seed / "tasks.json"))} {q(str(spec))}/
         cp {q(str(spec / "tasks.json"))} {q(str(out / "before.json"))}
+        filler_py={q(FILLER)}
+        {q(PY)} -c "$filler_py" {q(str(spec))} {q(str(tmp_path / "go"))} > /dev/null 2>&1 &
+        echo $! > {q(str(tmp_path / "filler.pid"))}
         {sx} run {q(str(spec))} --jobs 2 > {q(str(out / "run.out"))} 2> {q(str(out / "run.err"))}
         echo $? > {q(str(out / "run.rc"))}
         cp {q(str(spec / "tasks.json"))} {q(str(out / "after-run.json"))}

@@ -664,10 +664,12 @@ def test_a_template_building_too_much_fails_its_task_quickly(tmp_path: Path, tem
     assert read_tasks(good)["T1"]["status"] == "pass"
 
 
-def test_ctrl_c_during_rendering_stops_the_run_promptly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_during_rendering_stops_the_run_promptly(tmp_path: Path, sig: str) -> None:
     """Case 10, Ctrl-C: a real SIGINT to a real `specexec run` while it renders the
     nested loops. Before: busy for minutes. Now: it exits (130) promptly and the task is
-    pending again: stopped by the interrupt, not failed by the time budget."""
+    pending again: stopped by the interrupt, not failed by the time budget. Another way:
+    SIGTERM, the same."""
     import signal
 
     repo = init_repo(tmp_path / "repo")
@@ -679,7 +681,7 @@ def test_ctrl_c_during_rendering_stops_the_run_promptly(tmp_path: Path) -> None:
             if "start" in line and "bad/T1" in line:
                 break
         started = time.monotonic()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, sig))
         proc.communicate(timeout=60)
         elapsed = time.monotonic() - started
         assert proc.returncode == 130
@@ -951,24 +953,26 @@ def test_a_user_who_moves_the_integration_branch_forward_keeps_working(tmp_path:
 
 
 def _pool_spec(repo: Path, t1_extra: str) -> tuple[Path, Path]:
-    """T1 runs long in pool slot 0 after `t1_extra`; T2 is quick; T3 (after T2) would take
-    the slot T2 freed, or T1's if the pool believed a file. Each records where it ran."""
+    """T1 runs long in its pool slot after `t1_extra`; T2 is quick and leaves a marker
+    beside its own slot naming a live foreign process (``marks/forged.json``); T3 (after
+    T2) takes a free slot. A pool that believed the files would see T2's slot taken and
+    T1's free, and put T3 into T1's. Each task records where it ran."""
     marks = repo.parent / "marks"
     marks.mkdir()
     t1 = (
         f"pwd > {marks}/T1; {t1_extra}; touch {marks}/T1.ready; {_wait_file(f'{marks}/T3')};"
         " echo one > one.txt"
     )
+    t2 = (
+        f'{_wait_file(f"{marks}/T1.ready")}; cp {marks}/forged.json "$SPECEXEC_WORKTREE.owner";'
+        " echo 2 > two.txt"
+    )
     t3 = f"pwd > {marks}/T3.tmp; mv {marks}/T3.tmp {marks}/T3; echo three > three.txt"
     spec = _spec(
         repo,
         [
             task("T1", files=["one.txt"], command=t1),
-            task(
-                "T2",
-                files=["two.txt"],
-                command=f"{_wait_file(f'{marks}/T1.ready')}; echo 2 > two.txt",
-            ),
+            task("T2", files=["two.txt"], command=t2),
             task("T3", blocked_by=["T2"], files=["three.txt"], command=t3),
         ],
     )
@@ -986,7 +990,13 @@ def test_a_slot_whose_marker_a_worker_removed_is_not_handed_out(
     """Case 6: the pool knows which slots it handed out; the marker is not its memory."""
     repo = init_repo(tmp_path / "r")
     spec, marks = _pool_spec(repo, t1_extra)
-    done = run_cli("run", str(spec), "--jobs", "2", cwd=repo, timeout=180)
+    sleeper, owner = _live_sleep()
+    try:
+        (marks / "forged.json").write_text(json.dumps(owner))
+        done = run_cli("run", str(spec), "--jobs", "2", cwd=repo, timeout=180)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
     assert done.returncode == 0, done.stdout + done.stderr
     assert (marks / "T1").read_text() != (marks / "T3").read_text()
     tip = "specexec/s"

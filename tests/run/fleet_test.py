@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PY, git, read_tasks, run_cli, task, write_spec
+from conftest import PY, git, read_tasks, run_cli, task, wait_for, write_spec
 
 from specexec.run import fleet
 from specexec.tasksfile.types import Task, WorkerConfig
@@ -154,6 +154,12 @@ def test_every_class_a_shell_worker_can_show(repo: Path, tmp_path: Path) -> None
         task("missing", command="specexec-no-such-program-xyz", isolation="none"),
         task("noexec", command=shlex.quote(str(noexec)), isolation="none"),
         task("failed", command="echo something broke; exit 3", isolation="none"),
+        # Numbers and "Permission denied" in a shell's output are no API's words.
+        task(
+            "tests",
+            command="echo 'rm: x: Permission denied'; echo '1 failed, 512 passed'; exit 1",
+            isolation="none",
+        ),
         task(
             "reported", command='echo \'{"status": "fail", "blocker": "nope"}\'', isolation="none"
         ),
@@ -169,12 +175,15 @@ def test_every_class_a_shell_worker_can_show(repo: Path, tmp_path: Path) -> None
         "missing": "not_found",
         "noexec": "not_found",
         "failed": "worker_failed",
+        "tests": "worker_failed",
         "reported": "agent_error",
         "slow": "timeout",
         "nochange": "no_change",
         "verify": "verify_failed",
     }
-    assert {t: by_id[t].get("error_class") for t in want} == want
+    assert {t: by_id[t].get("error_class") for t in want} == want, {
+        t: by_id[t].get("blocker") for t in want
+    }
     assert all(by_id[t]["status"] == "fail" for t in want)
     assert "127" in by_id["missing"]["blocker"] and "126" in by_id["noexec"]["blocker"]
     finished = {e["task"]: e for e in events(proc.stdout) if e["event"] == "task_finished"}
@@ -237,9 +246,14 @@ def test_ctrl_c_during_a_wait_stops_at_once(repo: Path) -> None:
     for line in proc.stdout:
         if '"task_waiting"' in line:
             break
-    shown = run_cli("status", str(d), cwd=repo)  # while it waits
-    assert "waiting until" in shown.stdout and "UTC" in shown.stdout, shown.stdout
-    assert "concurrency shell" in shown.stdout, shown.stdout
+
+    # While it waits (tasks.json is written coalesced, a moment after the event).
+    def waiting() -> str | None:
+        out = run_cli("status", str(d), cwd=repo).stdout
+        return out if "waiting until" in out else None
+
+    shown: str = wait_for(waiting, 20, "status to show the wait") or ""
+    assert "UTC" in shown and "concurrency shell" in shown, shown
     proc.send_signal(signal.SIGINT)
     code = proc.wait(timeout=20)
     assert code == 130, proc.stderr.read() if proc.stderr else ""
@@ -406,3 +420,30 @@ def test_a_merge_conflict_fails_or_reruns_from_the_new_tip(
     assert "Merge Conflict Last Time" in prompt and "- shared.txt" in prompt
     winner = "from-b" if rerun["id"] == "B" else "from-a"
     assert git(repo, "show", "specexec/fleet:shared.txt").strip() == winner
+
+
+def test_the_live_view_shows_limits_spend_and_held_starts() -> None:
+    from rich.console import Console
+
+    from specexec.run.live import LiveState
+
+    s = LiveState()
+    s.apply("run_started", {"pending": 2, "jobs": 4}, 0.0)
+    s.apply("concurrency", {"worker": "claude", "limit": 2, "why": "rate_limit"}, 0.1)
+    s.apply("resource_wait", {"reason": "memory 90% > --max-memory-percent 85"}, 0.2)
+    s.apply(
+        "task_finished",
+        {"spec": "s", "task": "A", "status": "pass", "total_cost_usd": 0.03, "total_tokens": 1100},
+        0.3,
+    )
+    console = Console(width=200, record=True)
+    console.print(s.render(1.0, None))
+    text = console.export_text()
+    assert "claude: 2 of 4 at once" in text and "$0.0300, 1100 tokens" in text
+    assert "no new task starts: memory 90%" in text
+    s.apply("concurrency", {"worker": "claude", "limit": 4, "why": "success"}, 0.4)
+    s.apply("resource_ok", {"seconds": 1.0}, 0.5)
+    console = Console(width=200, record=True)
+    console.print(s.render(1.0, None))
+    text = console.export_text()
+    assert "at once" not in text and "no new task starts" not in text

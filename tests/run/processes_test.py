@@ -581,3 +581,30 @@ def test_orphans_that_end_on_their_own_are_reaped(tmp_path: Path, groups: list[i
     pid = _escaped(tmp_path)
     assert out.returncode == 0
     assert not psutil.pid_exists(pid) or psutil.Process(pid).ppid() != os.getpid()
+
+
+def test_a_task_ending_never_kills_a_worker_another_thread_is_starting(tmp_path: Path) -> None:
+    # Each end-of-task sweep looks for orphans among the runner's children; a worker that a
+    # second thread was starting at that moment must never count as one (it was killed at
+    # birth: "killed by SIGTERM" within milliseconds, in about one run of 1,000 in three).
+    outcomes: list[int | None] = []
+
+    def many(n: int, name: str) -> None:
+        for i in range(n):
+            out = run_process(
+                "sleep 0.01",
+                cwd=tmp_path,
+                env=dict(os.environ),
+                stdin_path=None,
+                log_path=tmp_path / f"{name}-{i}.log",
+                timeout_s=60,
+            )
+            outcomes.append(out.returncode)
+
+    threads = [threading.Thread(target=many, args=(200, f"t{k}")) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(outcomes) == 600
+    assert [rc for rc in outcomes if rc != 0] == []

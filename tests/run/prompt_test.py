@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from specexec.errors import InvalidInput, UnsafePath
+from specexec.run import prompt
 from specexec.run.prompt import (
     DEFAULT_INSTRUCTIONS,
     BlockerResult,
     MergedInput,
     ParallelContext,
+    RenderCancelled,
     render_prompt,
 )
 from specexec.tasksfile.types import Spec, Task
@@ -203,3 +207,98 @@ def test_templates_are_recompiled_when_the_override_changes(tmp_path: Path) -> N
     assert render(spec, task) == "v2\n"
     path.unlink()
     assert render(spec, task).startswith("# Task Worker")
+
+
+# --- the rendering budget (issue 15, case 10) ---------------------------------------------
+
+NESTED = (
+    "{% for a in range(3000) %}{% for b in range(3000) %}{% for c in range(300) %}"
+    "{% endfor %}{% endfor %}{% endfor %}"
+)
+
+
+def _template(spec: Spec, source: str) -> None:
+    (spec.dir / "worker_prompt.md.j2").write_text(source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        NESTED,
+        # Each a loop with no output, a macro that recurses widely, a loop over data.
+        "{% macro f(n) %}{% for i in range(50) %}{{ f(n + 1) if n < 5 else '' }}{% endfor %}"
+        "{% endmacro %}{{ f(0) }}",
+        "{% for a in task.relevant_files * 100000 %}{% for b in range(100000) %}"
+        "{% endfor %}{% endfor %}",
+    ],
+    ids=["nested-loops", "recursing-macro", "loop-over-data"],
+)
+def test_a_template_over_its_time_budget_is_refused_naming_it(
+    tmp_path: Path, source: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(prompt, "RENDER_BUDGET_S", 0.3)
+    spec, task = make(tmp_path / "spec")
+    _template(spec, source)
+    started = time.monotonic()
+    with pytest.raises(InvalidInput, match=r"worker_prompt\.md\.j2: .*rendering budget of 0\.3 s"):
+        render(spec, task)
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        '{% for a in range(100000) %}{{ "x" * 100 }}{% endfor %}',
+        '{% set ns = namespace(s="x") %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}'
+        "{% endfor %}",
+        '{% set ns = namespace(s="x") %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}'
+        "{% endfor %}",
+        '{% set ns = namespace(s=["x"]) %}{% for i in range(64) %}'
+        "{% set ns.s = ns.s + ns.s %}{% endfor %}",
+        '{{ "x"|center(1000000000) }}',
+        '{{ "x"|indent(1000000000, true) }}',
+        '{{ "x".ljust(1000000000) }}',
+        '{{ "%1000000000s" % "x" }}',
+        '{{ "%*s" % (1000000000, "x") }}',
+        '{{ "%1000000000s"|format("x") }}',
+        '{{ "{:>1000000000}".format("x") }}',
+        '{{ "{:>{}}".format("x", 1000000000) }}',
+        '{{ ("x" * 1000000)|replace("x", "yyyyyyyy") }}',
+    ],
+)
+def test_a_template_building_too_much_is_refused_quickly(tmp_path: Path, source: str) -> None:
+    spec, task = make(tmp_path / "spec")
+    _template(spec, source)
+    started = time.monotonic()
+    with pytest.raises(InvalidInput, match=r"worker_prompt\.md\.j2: .*budget of 4 Mi characters"):
+        render(spec, task)
+    assert time.monotonic() - started < 5
+
+
+def test_rendering_stops_when_cancelled(tmp_path: Path) -> None:
+    """The run's cancel event (Ctrl-C, SIGTERM) is looked at as the template runs."""
+    spec, task = make(tmp_path / "spec")
+    _template(spec, NESTED)
+    cancel = threading.Event()
+    timer = threading.Timer(0.2, cancel.set)
+    timer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(RenderCancelled):
+            render(spec, task, cancel=cancel)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - started < prompt.RENDER_BUDGET_S
+
+
+def test_templates_within_budget_render_as_before(tmp_path: Path) -> None:
+    spec, task = make(tmp_path / "spec")
+    _template(
+        spec,
+        "{% for f in task.relevant_files %}{{ loop.index }}. {{ f|center(20) }}\n{% endfor %}"
+        '{{ "%-5s|" % "ab" }}{{ "{:>4}".format(7) }}{{ [1, 2] + [3] }}{{ "a" ~ "b" }}'
+        "{{ range(3)|join(',') }}",
+    )
+    assert render(spec, task) == (
+        "1.   src/api/login.py  \n2.      tests/api/     \nab   |   7[1, 2, 3]ab0,1,2\n"
+    )
