@@ -151,11 +151,12 @@ def hold_mine(lock_path: Path) -> bool:
 
 
 def take_hold(lock_path: Path) -> bool:
-    """Hold it (repository lock held): False if another process (or another open file of
-    this one) holds it. Holding it already counts as taking it."""
+    """Hold it (repository lock held): False if anyone holds it, this process included:
+    two runs in one process (the daemon) each have their own pool, and a slot one of them
+    holds is not free for the other."""
     with _HOLDS_GUARD:
         if lock_path in _HOLDS:
-            return True
+            return False
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     lock = file_lock(lock_path, 0)
     try:

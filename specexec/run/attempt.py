@@ -11,12 +11,10 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from specexec.errors import SpecexecError
 from specexec.git import refs
-from specexec.git.pool import WorktreePool
-from specexec.git.workspace import Workspace, Worktree, checkout_patterns
 from specexec.plan import patterns as paths
 from specexec.run.processes import ProcessOutcome, run_process, worker_env
 from specexec.run.prompt import (
@@ -31,6 +29,10 @@ from specexec.workers.agent import Agent
 from specexec.workers.invocation import Invocation, build_invocation
 from specexec.workers.registry import AGENTS
 from specexec.workers.result import RESULT_FILE_MAX_BYTES, WorkerResult, parse_result
+
+if TYPE_CHECKING:
+    from specexec.git.pool import WorktreePool
+    from specexec.git.workspace import Workspace, Worktree
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +135,8 @@ def run_attempt(ctx: AttemptContext) -> AttemptOutcome:
     out = AttemptOutcome("fail")
     try:
         if ctx.workspace is not None:
+            from specexec.git.workspace import checkout_patterns  # worktrees only
+
             sparse = checkout_patterns(ctx.task)
             if ctx.pool is not None:
                 wt = ctx.pool.acquire(ctx.spec.name, ctx.task.id, sparse=sparse)

@@ -14,13 +14,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from specexec import fmt
 from specexec.errors import InvalidInput
-from specexec.git.pool import open_pools
 from specexec.git.repo import find_repo_root
-from specexec.git.workspace import Workspace
 from specexec.plan import planner, schedule
 from specexec.run import attempt as taskrun
 from specexec.run import fleet
@@ -35,6 +33,9 @@ from specexec.tasksfile.bounds import bound_record
 from specexec.tasksfile.events import EventLog
 from specexec.tasksfile.store import DELETE, CoalescingWriter, TasksStore
 from specexec.tasksfile.types import Spec, Task, WorkerConfig
+
+if TYPE_CHECKING:
+    from specexec.git.workspace import Workspace
 
 Key = tuple[str, str]
 FLEET_STATE = "fleet.json"  # in the spec's .specexec/: the live run's limits and spend
@@ -224,6 +225,8 @@ class Executor:
         self.tokens = 0
         self.spend: dict[str, tuple[float, int]] = {r.name: (0.0, 0) for r in runs}
         self.budget_stop: str | None = None
+        # The last fleet.json written (without its "updated") and when: see _write_fleet_state.
+        self._fleet_written: tuple[str, float] | None = None
 
     # -- state changes (loop thread only) ----------------------------------------------
 
@@ -477,15 +480,14 @@ class Executor:
         for key, reason in self.schedule.initially_blocked():
             self._block(key, reason)
         # Warm worktrees, one pool per repository (--keep-worktrees keeps fresh ones).
-        self.worktree_pools = (
-            open_pools(
-                [r.workspace for r in self.runs.values() if r.workspace is not None],
-                self.opts.jobs,
-                clean_ignored=self.opts.clean_ignored,
+        workspaces = [r.workspace for r in self.runs.values() if r.workspace is not None]
+        self.worktree_pools = {}
+        if workspaces and self.opts.pool and not self.opts.keep_worktrees:
+            from specexec.git.pool import open_pools  # worktrees only: not imported otherwise
+
+            self.worktree_pools = open_pools(
+                workspaces, self.opts.jobs, clean_ignored=self.opts.clean_ignored
             )
-            if self.opts.pool and not self.opts.keep_worktrees
-            else {}
-        )
         self.pool = ThreadPoolExecutor(
             max_workers=self.opts.jobs, thread_name_prefix="specexec-task"
         )
@@ -657,7 +659,7 @@ class Executor:
         current limits, the run's cost and tokens, why no task starts (if so)."""
         doc = {
             "run_id": self.run_id,
-            "updated": utc_iso(ms=True),
+            "updated": None,
             "jobs": self.opts.jobs,
             "limits": dict(self.concurrency.limits),
             "cost_usd": round(self.cost_usd, 6),
@@ -666,6 +668,15 @@ class Executor:
             "budget_reached": self.budget_stop,
             "stopped_workers": dict(self.broken),
         }
+        # Written at every task's end, but it is a display aid: the same content is written
+        # again only once a second ("updated" still says the run is alive), not per task.
+        same = json.dumps(doc)
+        now = time.monotonic()
+        last = self._fleet_written
+        if last is not None and last[0] == same and now - last[1] < 1.0:
+            return
+        self._fleet_written = (same, now)
+        doc["updated"] = utc_iso(ms=True)
         text = json.dumps(doc) + "\n"
         for r in self.runs.values():
             with contextlib.suppress(OSError):  # a display aid: never fails the run
@@ -951,7 +962,8 @@ class Executor:
         fields = bound_record(r.store, key[1], fields, r.run_dir)
         self._set(key, "in_progress", out.status, msg.attempts, **fields)
         log = r.run_dir / f"{key[1]}.log"
-        why = tuple(log_excerpt(log)) if out.status == "fail" and log.is_file() else ()
+        has_log = log.is_file()
+        why = tuple(log_excerpt(log)) if out.status == "fail" and has_log else ()
         if passed and out.branch_to_delete:
             self.branches_to_delete.append((r, out.branch_to_delete))
         self.records[key] = TaskRecord(
@@ -977,7 +989,7 @@ class Executor:
             error_class=cls,
             waits=prog.waits,
             waited_seconds=round(prog.waited_s, 3),
-            log=str(log) if log.is_file() else None,
+            log=str(log) if has_log else None,
             excerpt=why,
         )
         if passed and task.estimate > 0:
@@ -998,7 +1010,7 @@ class Executor:
             tokens=dict(prog.tokens) if prog.tokens else None,
             total_cost_usd=round(self.cost_usd, 6),
             total_tokens=self.tokens,
-            log=str(log) if log.is_file() else None,
+            log=str(log) if has_log else None,
             excerpt=list(why),
         )
 

@@ -11,14 +11,16 @@ daemon (``left_in_progress`` / ``left_merged_branches``: is there anything to re
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from specexec.errors import SpecexecError
-from specexec.git.workspace import Workspace
 from specexec.run.processes import sweep_orphans, sweep_spec_orphans
 from specexec.tasksfile.events import EventLog
 from specexec.tasksfile.store import DELETE, TasksStore, set_fields, task_objects
 from specexec.tasksfile.types import Spec
+
+if TYPE_CHECKING:
+    from specexec.git.workspace import Workspace
 
 
 def sweep_workers(spec: Spec) -> None:
@@ -123,6 +125,8 @@ def left_merged_branches(spec: Spec, repo: Path | None) -> bool:
     if repo is None:
         return False
     passed = {t.id for t in spec.tasks if t.status == "pass"}
+    from specexec.git.workspace import Workspace  # only with a repository
+
     try:
         return bool(passed & Workspace(repo).task_branches(spec.name))
     except SpecexecError:

@@ -14,11 +14,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from specexec.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TASK_FAILED, InvalidInput
 from specexec.git.repo import find_repo_root
-from specexec.git.workspace import Workspace
 from specexec.plan import planner, schedule
 from specexec.run import checks
 from specexec.run.executor import Executor, RunOptions, SpecRun, new_run_id
@@ -32,6 +31,9 @@ from specexec.tasksfile.runlock import RunLock
 from specexec.tasksfile.schema import load_spec
 from specexec.tasksfile.store import CoalescingWriter, TasksStore, private_dir, runtime_dir
 from specexec.tasksfile.types import Spec
+
+if TYPE_CHECKING:
+    from specexec.git.workspace import Workspace
 
 __all__ = ["RunOptions", "run_specs"]
 
@@ -214,6 +216,8 @@ def _check(spec: Spec, opts: RunOptions, run_id: str) -> _Checked:
         )
     if root is not None and checks.uses_worktrees(spec, opts):
         # Even when every task passed: a dead run may have left merged branches behind.
+        from specexec.git.workspace import Workspace  # worktrees only: --isolation none skips it
+
         ws = Workspace(root)
     _workers(spec, opts)
     if ws is not None:

@@ -686,3 +686,16 @@ def test_a_dead_runs_slot_is_not_taken_while_a_process_still_works_in_it(
         wt = pool.acquire(SPEC, "T3")
         assert wt.path == path
         pool.release(wt)
+
+
+def test_two_pools_of_one_process_never_hand_out_the_same_slot(ws: Workspace) -> None:
+    # The daemon runs several spec folders of one repository in one process, each run with
+    # its own pool: a slot one of them holds is not free for the other.
+    with WorktreePool(ws, 2) as first, WorktreePool(Workspace(ws.root), 2) as second:
+        a = first.acquire(SPEC, "T1")
+        b = second.acquire(SPEC, "T2")
+        assert a.path != b.path
+        c = second.acquire(SPEC, "T3")  # the second pool's other slot, or a fresh worktree
+        assert c.path not in (a.path, b.path)
+        for pool, wt in ((first, a), (second, b), (second, c)):
+            pool.release(wt, delete_branch=True)
