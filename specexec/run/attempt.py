@@ -146,9 +146,11 @@ def run_attempt(ctx: AttemptContext) -> AttemptOutcome:
         proc = _run(ctx, prep, prep.invocation.command, prep.invocation.stdin_prompt)
         out = replace(out, worker_seconds=proc.duration_s)
         if proc.cancelled:
+            _not_committed(ctx, wt, prep)
             return _cancelled(ctx, wt, out)
         problem = _process_problem(ctx, proc)
         if problem is not None:
+            _not_committed(ctx, wt, prep)  # a timeout's kept branch too
             return _finish(ctx, wt, replace(out, **problem))
         out = _judge(ctx, wt, prep, proc, out)
         if out.status != "pass":
@@ -276,9 +278,8 @@ def _judge(
         prep.result_file, prep.files["log"], proc.returncode, preset=prep.invocation.preset
     )
     out = replace(out, result=result)
+    _not_committed(ctx, wt, prep)
     if wt is not None and ctx.workspace is not None:
-        _keep_result_file(prep.result_file, prep.files["result.json"])
-        ctx.workspace.remove_untracked(wt, _not_the_change(agent))
         changed = tuple(ctx.workspace.changed_files(wt))
         out = replace(
             out,
@@ -355,6 +356,14 @@ def _not_the_change(agent: Agent | None) -> tuple[str, ...]:
         agent.leaves if agent is not None else tuple(p for a in AGENTS.values() for p in a.leaves)
     )
     return (f":(literal){RESULT_FILE}", *leaves)
+
+
+def _not_committed(ctx: AttemptContext, wt: Worktree | None, prep: _Prepared) -> None:
+    """Keep the result file in the run folder, then remove it and what the agent wrote for
+    itself from the worktree: never committed, never left for the slot's next task."""
+    if wt is not None and ctx.workspace is not None:
+        _keep_result_file(prep.result_file, prep.files["result.json"])
+        ctx.workspace.remove_untracked(wt, _not_the_change(prep.invocation.agent))
 
 
 def _expects_changes(task: Task, agent: Agent | None) -> bool:

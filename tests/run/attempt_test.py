@@ -141,3 +141,18 @@ def test_an_aider_api_error_with_exit_0_is_a_failure(repo: Path) -> None:
     t = read_tasks(d)["T1"]
     assert t["status"] == "fail"
     assert "litellm.AuthenticationError" in t["blocker"]
+
+
+def test_a_timed_out_agents_own_files_are_not_on_its_kept_branch(repo: Path) -> None:
+    script = "echo a > a.txt && echo chat > .aider.chat.history.md && git add -A && sleep 60"
+    worker = {"preset": "aider", "command": script}
+    d = write_spec(
+        repo / "specs" / "s",
+        [task("T1", files=["a.txt"], worker=worker, timeout_minutes=0.02, max_retries=0)],
+    )
+    proc = run_cli("run", str(d))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    t = read_tasks(d)["T1"]
+    assert t["status"] == "fail" and "timed out" in t["blocker"]
+    kept = branch_files(repo, t["branch"])
+    assert "a.txt" in kept and not any(f.startswith(".aider") for f in kept), kept
