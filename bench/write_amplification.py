@@ -131,9 +131,9 @@ def outside(spec: Path, repo: Path, tasks: list[BenchTask], jobs: int) -> dict[s
 
 
 def inside(spec: Path, tasks: list[BenchTask], jobs: int) -> dict[str, float]:
-    from specexec.run.session import prepare
     from specexec.run.executor import Executor, RunOptions, new_run_id
     from specexec.run.progress import PlainReporter
+    from specexec.run.session import prepare
     from specexec.tasksfile.runlock import RunLock
     from specexec.tasksfile.schema import load_spec
 
