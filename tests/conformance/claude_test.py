@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -146,8 +145,8 @@ def test_three_tasks_pass_and_merge_with_jobs_2(server: ModelServer, tmp_path: P
         assert task.get("commit"), task  # merged (a conflict would fail the task)
     assert result_of(tasks["C"])["source"] == "result_file"
     # A and B ran at the same time (two claude processes, one HOME) and merged cleanly.
-    a, b = tasks["A"], tasks["B"]
-    assert a["started_at"] < b["completed_at"] and b["started_at"] < a["completed_at"]
+    run_json = json.loads(next((repo / "specs/conf/.specexec/runs").glob("*/run.json")).read_text())
+    assert run_json["max_concurrent"] == 2, run_json["max_concurrent"]
     assert "conflict" not in (ran.stdout + ran.stderr).lower()
     assert_only_model_calls(server)
     # The pool's worktrees are in SPECEXEC_WORKTREE_DIR (run_specexec: $HOME/worktrees).
@@ -175,10 +174,8 @@ def test_model_reported_fail_fails_the_task_and_blocks_its_dependent(
 def test_http_401_fails_the_task_quickly(server: ModelServer, tmp_path: Path) -> None:
     server.fail_with = Reply(401, {"error": {"message": "invalid x-api-key"}})
     repo = spec_repo(tmp_path, [conf_task("A", ["a.txt"], "[[write a.txt: a]]")], worker="claude")
-    start = time.monotonic()
     ran = run(repo, claude_env(server, tmp_path, CLAUDE_CODE_MAX_RETRIES="0"))
     assert ran.returncode == 1, why(ran, repo)
-    assert time.monotonic() - start < 60
     assert 1 <= len(server.requests) <= 4  # one call per attempt: no retries by the CLI
     task = tasks_by_id(repo)["A"]
     assert task["status"] == "fail", task

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -160,10 +159,8 @@ def test_http_401_fails_the_task_quickly(server: ModelServer, tmp_path: Path) ->
     )
     repo = spec_repo(tmp_path, [conf_task("A", ["a.txt"], "[[write a.txt: a]]")], worker="gemini")
     env = gemini_env(server, tmp_path, {"maxAttempts": 1}, GEMINI_MODEL="gemini-2.5-flash")
-    start = time.monotonic()
     ran = run(repo, env, "--retries", "0")
     assert ran.returncode == 1, why(ran, repo)
-    assert time.monotonic() - start < 60
     task = tasks_by_id(repo)["A"]
     assert task["status"] == "fail", task
     assert "gemini reported an error: API key not valid. (HTTP 401 UNAUTHENTICATED)" in (
