@@ -21,7 +21,7 @@ import socket
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import filelock
 
@@ -78,7 +78,44 @@ def describe(spec_dir: Path, info: dict[str, Any] | None) -> str:
     )
 
 
-class RunLock:
+class _RecordedLock:
+    """An flock (``system.file_lock``) plus a record of its holder written through a
+    descriptor of our own, emptied at release: the shape of the run lock and the spec-name
+    claim. Subclasses set ``_lock`` and ``_fd`` when they acquire."""
+
+    _lock: filelock.FileLock | None
+    _fd: int | None
+
+    def acquire(self) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        lock, self._lock = self._lock, None
+        fd, self._fd = self._fd, None
+        if lock is None:
+            return
+        try:
+            if fd is not None:
+                os.ftruncate(fd, 0)  # empty = released cleanly
+        finally:
+            if fd is not None:
+                os.close(fd)
+            lock.release()
+
+    def __enter__(self) -> Self:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+class RunLock(_RecordedLock):
     """The run lock of one spec folder. ``with RunLock(d):`` raises ``Busy`` at once if
     another process runs it; ``RunLock(d, wait=True, timeout=...)`` waits instead."""
 
@@ -100,7 +137,7 @@ class RunLock:
         # The owner details a dead holder left behind, if we took its lock over.
         self.taken_over: dict[str, Any] | None = None
         self._lock: filelock.FileLock | None = None
-        self._info_fd: int | None = None
+        self._fd: int | None = None
 
     @property
     def held(self) -> bool:
@@ -173,7 +210,7 @@ class RunLock:
         except BaseException:
             os.close(fd)
             raise
-        self._info_fd = fd
+        self._fd = fd
         return previous
 
     def _busy_message(self) -> str:
@@ -190,31 +227,6 @@ class RunLock:
                 "which is gone; a process it started still holds the lock)"
             )
         return describe(self.spec_dir, info)
-
-    def release(self) -> None:
-        lock, self._lock = self._lock, None
-        fd, self._info_fd = self._info_fd, None
-        if lock is None:
-            return
-        try:
-            if fd is not None:
-                os.ftruncate(fd, 0)  # empty = released cleanly
-        finally:
-            if fd is not None:
-                os.close(fd)
-            lock.release()
-
-    def __enter__(self) -> RunLock:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
 
     @staticmethod
     def holder(spec_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -237,7 +249,7 @@ class RunLock:
 SPEC_CLAIMS_DIR: Final = "specexec/specs"  # under the repository's git common dir
 
 
-class SpecNameClaim:
+class SpecNameClaim(_RecordedLock):
     """A run's claim on its spec name in its repository, held as long as the run lock.
 
     Two spec folders whose spec name is the same (``specs/auth`` and ``legacy/auth``, no
@@ -331,31 +343,6 @@ class SpecNameClaim:
             lock.release()
             raise SpecexecError(f"{self.path}: cannot lock: {e.strerror or e}") from None
         self._lock, self._fd = lock, fd
-
-    def release(self) -> None:
-        lock, self._lock = self._lock, None
-        fd, self._fd = self._fd, None
-        if lock is None:
-            return
-        try:
-            if fd is not None:
-                os.ftruncate(fd, 0)
-        finally:
-            if fd is not None:
-                os.close(fd)
-            lock.release()
-
-    def __enter__(self) -> SpecNameClaim:
-        self.acquire()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
 
 
 def _read_claim(path: Path) -> str | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import proto_anthropic
 import pytest
 from modelserver import ModelServer, Reply
-from support import Ran, base_env, git_repo, porcelain, require_cli, run_cli
+from support import JSON_BLOCK_RE, PROMPT, Ran, base_env, git_repo, porcelain, require_cli, run_cli
 
 from specexec.workers.agent import Envelope
 from specexec.workers.claude import AGENT, unwrap
@@ -29,28 +28,6 @@ from specexec.workers.claude import AGENT, unwrap
 # The preset's argv without the executable (the test runs the installed one by path).
 PRESET = [*AGENT.head[1:], *AGENT.tail]
 TIMEOUT = 90.0
-
-# Shaped like specexec's worker prompt: the directives sit in the task description.
-PROMPT = """# Task Worker: Execute Task 1.1
-
-You are a task worker agent executing a single task of the spec `demo`.
-
-## Task Details
-- **ID**: 1.1
-- **Description**: {directives}
-
-## Expected Output
-
-When done, output your result as:
-
-```json
-{{"status": "pass|fail|blocked", "files_created": [], "blocker": null}}
-```
-
-Then state: **TASK COMPLETE**
-"""
-
-JSON_BLOCK_RE = re.compile(r"```json\s*\n(?P<body>.*?)\n```\s*$", re.S)
 
 
 def claude_env(url: str, home: Path) -> dict[str, str]:

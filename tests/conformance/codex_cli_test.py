@@ -11,7 +11,6 @@ each assertion documents; codex_test.py runs the same through ``specexec run``.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from typing import Any
 import proto_openai_responses
 import pytest
 from modelserver import ModelServer, Reply
-from support import Ran, base_env, git_repo, porcelain, require_cli, run_cli
+from support import JSON_BLOCK_RE, PROMPT, Ran, base_env, git_repo, porcelain, require_cli, run_cli
 
 from specexec.workers.codex import AGENT
 
@@ -30,27 +29,6 @@ PRESET = [*AGENT.head[1:], *AGENT.tail]
 TIMEOUT = 90.0
 API_KEY = "sk-scripted-codex-0000"
 
-# Shaped like specexec's worker prompt: the directives sit in the task description.
-PROMPT = """# Task Worker: Execute Task 1.1
-
-You are a task worker agent executing a single task of the spec `demo`.
-
-## Task Details
-- **ID**: 1.1
-- **Description**: {directives}
-
-## Expected Output
-
-When done, output your result as:
-
-```json
-{{"status": "pass|fail|blocked", "files_created": [], "blocker": null}}
-```
-
-Then state: **TASK COMPLETE**
-"""
-
-JSON_BLOCK_RE = re.compile(r"```json\s*\n(?P<body>.*?)\n```\s*$", re.S)
 REJECTED = "patch rejected: writing outside of the project"
 
 

@@ -12,7 +12,6 @@ CLI through ``specexec run`` (model-reported fail, 401, refused writes as task r
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import proto_gemini
 import pytest
 from modelserver import ModelServer, Reply
-from support import Ran, base_env, git_repo, porcelain, require_cli, run_cli
+from support import JSON_BLOCK_RE, PROMPT, Ran, base_env, git_repo, porcelain, require_cli, run_cli
 
 from specexec.workers.gemini import AGENT, unwrap
 
@@ -30,27 +29,6 @@ PRESET = [*AGENT.head[1:], *AGENT.tail]
 TIMEOUT = 120.0
 PINNED_MODEL = "gemini-2.5-flash"
 
-# Shaped like specexec's worker prompt: the directives sit in the task description.
-PROMPT = """# Task Worker: Execute Task 1.1
-
-You are a task worker agent executing a single task of the spec `demo`.
-
-## Task Details
-- **ID**: 1.1
-- **Description**: {directives}
-
-## Expected Output
-
-When done, output your result as:
-
-```json
-{{"status": "pass|fail|blocked", "files_created": [], "blocker": null}}
-```
-
-Then state: **TASK COMPLETE**
-"""
-
-JSON_BLOCK_RE = re.compile(r"```json\s*\n(?P<body>.*?)\n```\s*$", re.S)
 
 # ~/.gemini/settings.json: what a user needs, nothing more. selectedType is required:
 # GOOGLE_GEMINI_BASE_URL alone makes the auth type "gateway", which non-interactive mode

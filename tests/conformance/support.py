@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -16,6 +17,28 @@ from pathlib import Path
 
 import install_agents
 import pytest
+
+# Shaped like specexec's worker prompt: the directives sit in the task description.
+PROMPT = """# Task Worker: Execute Task 1.1
+
+You are a task worker agent executing a single task of the spec `demo`.
+
+## Task Details
+- **ID**: 1.1
+- **Description**: {directives}
+
+## Expected Output
+
+When done, output your result as:
+
+```json
+{{"status": "pass|fail|blocked", "files_created": [], "blocker": null}}
+```
+
+Then state: **TASK COMPLETE**
+"""
+
+JSON_BLOCK_RE = re.compile(r"```json\s*\n(?P<body>.*?)\n```\s*$", re.S)
 
 
 def require_cli(name: str) -> Path:
