@@ -478,6 +478,19 @@ def _environ(pid: int) -> bytes | None:
         return None
 
 
+def _settled_environ(pid: int) -> bytes | None:
+    """``_environ``, waiting a moment while it reads empty: a process in the middle of
+    execve shows no environment until the new image is set up (a worker's escaped child
+    that had just written its pid and was exec'ing `sleep` would look unmarked)."""
+    env = _environ(pid)
+    for _ in range(40):
+        if env != b"" or not _alive(pid):
+            break
+        time.sleep(0.005)
+        env = _environ(pid)
+    return env
+
+
 def _user_pids() -> list[int]:
     """Pids of this user's processes other than this one (cheap: one stat per pid)."""
     me, uid = os.getpid(), os.getuid()
@@ -591,7 +604,7 @@ def _task_orphans(marker: str, cleared_since: float | None) -> tuple[list[int], 
     except OSError:
         exe = None
     for pid in orphans:
-        env = _environ(pid)
+        env = _settled_environ(pid)
         if env is None:
             continue  # a zombie (reaped below) or gone
         values = dict(item.partition(b"=")[::2] for item in env.split(b"\0") if item)

@@ -17,11 +17,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import wait_until
+from conftest import wait_for, wait_until
 
+from specexec import system
 from specexec.run.processes import (
+    _BORN_SLACK_S,
     ATTEMPT_HEADER,
     ProcessOutcome,
+    _process_clock,
     run_process,
     sweep_orphans,
     worker_env,
@@ -535,6 +538,11 @@ def test_an_unrelated_process_and_another_tasks_process_are_untouched(
     another task still running, until that task ends."""
     # (`setsid sleep` started as a group leader would fork and exit: this is what it runs.)
     unrelated = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    # Born before the tasks' busy period: what tells it from a worker's orphan (a start
+    # time within the runner's clock slack would count as born during it).
+    born = system.start_time(unrelated.pid)
+    assert born is not None
+    wait_for(lambda: _process_clock() - born > 2 * _BORN_SLACK_S, 5, "the clock to move on")
     other_dir = tmp_path / "other"
     other_dir.mkdir()
     go = threading.Event()
