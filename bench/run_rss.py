@@ -13,7 +13,6 @@ figure is for the record; set TARGET_MB to judge it).
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from common import (
     makefile,
     measure,
     scratch,
+    set_aside,
     table,
     write_spec,
 )
@@ -41,7 +41,7 @@ TARGET_MB: float | None = None  # the brief sets no number; reported for the rec
 def run_specexec(repo: Path, tasks: list[BenchTask], jobs: int, isolation: str | None) -> Measured:
     spec = repo / "specs" / f"rss-{isolation or 'worktree'}"
     write_spec(spec, tasks)
-    shutil.rmtree(spec / ".specexec", ignore_errors=True)
+    set_aside(spec / ".specexec")
     argv = [*SPECEXEC, "run", str(spec.relative_to(repo)), "--jobs", str(jobs)]
     if isolation:
         argv += ["--isolation", isolation]

@@ -47,6 +47,7 @@ from common import (
     measure,
     random_dag,
     scratch,
+    set_aside,
     table,
     write_spec,
 )
@@ -69,7 +70,7 @@ def run_specexec(
     spec: Path, tasks: list[BenchTask], jobs: int, repo: Path, guard: bool = False
 ) -> Measured:
     write_spec(spec, tasks)  # every run starts from all-pending
-    shutil.rmtree(spec / ".specexec", ignore_errors=True)
+    set_aside(spec / ".specexec")
     argv = [*SPECEXEC, "run", str(spec.relative_to(repo)), "--isolation", "none"]
     m = measure([*argv, "--jobs", str(jobs)], cwd=repo, env=None if guard else NO_GUARD)
     if m.returncode != 0:  # say why: the log's tail only lists the last tasks
@@ -86,7 +87,7 @@ def profile(spec: Path, tasks: list[BenchTask], jobs: int, repo: Path, top: int 
     if not Path(pyspy).exists():
         return "py-spy is not installed (`pip install py-spy`): no profile."
     write_spec(spec, tasks)
-    shutil.rmtree(spec / ".specexec", ignore_errors=True)
+    set_aside(spec / ".specexec")
     raw = spec.parent / "profile.txt"
     cmd = [pyspy, "record", "--gil", "-r", "200", "-f", "raw", "-o", str(raw), "--"]
     cmd += [*SPECEXEC, "run", str(spec.relative_to(repo)), "--isolation", "none"]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -43,6 +42,7 @@ from common import (
     loadavg,
     measure,
     scratch,
+    set_aside,
     table,
     write_spec,
 )
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def run_one(argv: list[str] = run_argv) -> Measured:
             write_spec(one, tasks)  # every run starts from pending, with no run folder
-            shutil.rmtree(one / ".specexec", ignore_errors=True)
+            set_aside(one / ".specexec")
             return check(measure(argv, cwd=repo), "specexec run")
 
         files = {n: write_plan_spec(repo / "specs" / f"plan{n}", n) for n in sizes}

@@ -31,7 +31,6 @@ import itertools
 import json
 import os
 import random
-import shutil
 import statistics
 import sys
 import tempfile
@@ -53,6 +52,7 @@ from common import (
     measure,
     random_dag,
     scratch,
+    set_aside,
     table,
     write_spec,
 )
@@ -110,7 +110,7 @@ def transitions(spec: Path) -> int:
 
 def outside(spec: Path, repo: Path, tasks: list[BenchTask], jobs: int) -> dict[str, float]:
     write_spec(spec, tasks)
-    shutil.rmtree(spec / ".specexec", ignore_errors=True)
+    set_aside(spec / ".specexec")
     argv = [*SPECEXEC, "run", str(spec.relative_to(repo)), "--isolation", "none"]
     with FileWatcher(spec / "tasks.json") as w:
         m = check(measure([*argv, "--jobs", str(jobs)], cwd=repo), "specexec run")
@@ -138,7 +138,7 @@ def inside(spec: Path, tasks: list[BenchTask], jobs: int) -> dict[str, float]:
     from specexec.tasksfile.schema import load_spec
 
     write_spec(spec, tasks)
-    shutil.rmtree(spec / ".specexec", ignore_errors=True)
+    set_aside(spec / ".specexec")
     opts = RunOptions(jobs=jobs, isolation="none")
     run_id = new_run_id()
     load = loadavg()

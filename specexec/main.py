@@ -180,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--no-pool", action="store_true", help="fresh worktree per task instead of the pool"
     )
+    s.add_argument(
+        "--fixed-concurrency",
+        action="store_true",
+        help="keep every worker at --jobs tasks at once: no halving on a rate limit or "
+        "overload (rate-limited tasks are still waited out and retried)",
+    )
     _fleet_flags(s)
     s = sub.add_parser("status", help="show the state of each task")
     s.add_argument("spec_dirs", nargs="+", metavar="SPEC_DIR", help=_SPEC_DIRS)
@@ -303,6 +309,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 clean_ignored=args.clean_ignored,
                 pool=not args.no_pool,
                 allow_commands=True,
+                fixed_concurrency=args.fixed_concurrency,
                 **_fleet_options(args),
             ),
         )

@@ -241,11 +241,24 @@ def _current(pid: int) -> ProcessId:
 # --------------------------------------------------------------------------- time
 
 
+# The last second formatted: a run stamps several events per task, most within the same
+# second, and strftime is the dearest part of a stamp. A tuple, swapped whole: any thread
+# reads a matching pair.
+_last_second: tuple[int, str] = (-1, "")
+
+
 def utc_iso(t: float | None = None, *, ms: bool = False) -> str:
     """``2026-12-01T21:56:35Z`` (with ``ms``: ``…35.123Z``), the one timestamp format of
     every file specexec writes."""
+    global _last_second
     now = time.time() if t is None else t
-    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+    second = int(now // 1)
+    cached = _last_second
+    if cached[0] == second:
+        text = cached[1]
+    else:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _last_second = (second, text)
     if ms:
         text += f".{int(now * 1000) % 1000:03d}"
     return text + "Z"

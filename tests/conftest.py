@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 from specexec.git.workspace import Workspace
+from specexec.tasksfile.types import Task
 
 # Tests must not inherit a developer's git identity or hooks, nor leak GIT_* from a hook.
 for _var in list(os.environ):
@@ -122,6 +123,25 @@ def read_tasks(spec_dir: Path) -> dict[str, dict[str, Any]]:
     """The tasks of a spec folder by id, as currently on disk."""
     doc = json.loads((spec_dir / "tasks.json").read_text())
     return {t["id"]: t for t in doc["tasks"]}
+
+
+def task_obj(
+    task_id: str,
+    *files: str,
+    after: Sequence[str] = (),
+    minutes: float | None = None,
+    status: str = "pending",
+) -> Task:
+    """One in-memory ``Task``, as the planner and the schedule take it: ``files`` are its
+    relevant files, ``after`` its blocked_by."""
+    return Task(
+        task_id,
+        f"Task {task_id}",
+        status=status,  # type: ignore[arg-type]
+        relevant_files=files,
+        blocked_by=tuple(after),
+        estimated_minutes=minutes,
+    )
 
 
 def run_cli(

@@ -158,31 +158,29 @@ def max_overlap(intervals: Sequence[tuple[float, float]]) -> int:
 # -- the daemon as a subprocess -----------------------------------------------------
 
 
-def test_copied_moved_and_editor_saved_specs_run_fast(
+def test_copied_moved_and_editor_saved_specs_start_on_their_file_events(
     layout: tuple[Path, Path, Path], daemons: Callable[..., Watch]
 ) -> None:
     watched, staging, rec = layout
-    d = daemons(watched, "--allow-commands", "--jobs", "2")
-    latencies: dict[str, float] = {}
+    # No full rescan during the test: only the file events of each drop can start its
+    # run. (How soon after the drop is measured in bench/daemon_idle.py.)
+    d = daemons(watched, "--allow-commands", "--jobs", "2", "--rescan", "3600")
 
     # Copied in (cp -r).
     write_spec(staging / "copied", [rec_task("T1", rec, "copied"), rec_task("T2", rec, "copied")])
-    t0 = time.time()
     subprocess.run(["cp", "-r", str(staging / "copied"), str(watched / "copied")], check=True)
-    latencies["cp -r"] = wait_for(lambda: started_at(rec, "copied", "T1"), 30, "copied/T1") - t0
+    wait_for(lambda: started_at(rec, "copied", "T1"), 60, "copied/T1")
 
     # Moved in (mv): a directory moved in is one event; its content must be scanned.
     write_spec(staging / "moved", [rec_task("T1", rec, "moved")])
-    t0 = time.time()
     os.rename(staging / "moved", watched / "moved")
-    latencies["mv"] = wait_for(lambda: started_at(rec, "moved", "T1"), 30, "moved/T1") - t0
+    wait_for(lambda: started_at(rec, "moved", "T1"), 60, "moved/T1")
 
     # Its own repository, moved in (spec folder = repository root).
     own = init_repo(staging / "own")
     write_spec(own, [rec_task("T1", rec, "own")])
-    t0 = time.time()
     os.rename(own, watched / "own")
-    latencies["mv (own repo)"] = wait_for(lambda: started_at(rec, "own", "T1"), 30, "own/T1") - t0
+    wait_for(lambda: started_at(rec, "own", "T1"), 60, "own/T1")
 
     # Saved the way editors save: a new file written, then renamed over tasks.json.
     edited = write_spec(watched / "edited", [task("T0", command="true", status="pass")])
@@ -190,19 +188,15 @@ def test_copied_moved_and_editor_saved_specs_run_fast(
     new["tasks"].append(rec_task("T1", rec, "edited"))
     swap = edited / "tasks.json.swp"
     swap.write_text(json.dumps(new, indent=2) + "\n")
-    t0 = time.time()
     os.replace(swap, edited / "tasks.json")
-    latencies["editor save"] = (
-        wait_for(lambda: started_at(rec, "edited", "T1"), 30, "edited/T1") - t0
-    )
+    wait_for(lambda: started_at(rec, "edited", "T1"), 60, "edited/T1")
 
     names = ("copied", "moved", "own", "edited")
     wait_for(lambda: all(all_pass(watched / n) for n in names), 60, "the four specs to pass")
-    print("drop -> first worker start: " + ", ".join(f"{k} {v:.2f}s" for k, v in latencies.items()))
-    for how, seconds in latencies.items():
-        assert seconds < 1.5, f"{how}: {seconds:.2f}s from drop to the first worker start"
     for name in names:
         assert d.runs_of(name) == 1, d.text()
+    assert "rescan every 3600s" in d.text()  # the only full scan was the one at start
+    assert "rescanning" not in d.text(), d.text()
     assert d.stop() == 0
     assert "stopped" in d.text()
 
@@ -299,39 +293,50 @@ def test_sigterm_leaves_running_tasks_pending_and_a_restart_completes_them(
 ) -> None:
     watched, staging, rec = layout
     marker, pidfile = rec / "long.ran-once", rec / "long.pid"
-    # "long" sleeps past the grace period the first time only; "short" ends within it;
-    # "after" depends on "short" and must not start once the daemon is stopping.
+    release = rec / "short.release"
+    # "long" never ends by itself the first time (only the daemon can stop it); "short"
+    # ends once the test releases it, after the SIGTERM, within the grace period; "after"
+    # depends on "short" and must not start once the daemon is stopping.
     long_cmd = (
-        f"if [ -e {marker} ]; then exit 0; fi; touch {marker}; echo $$ > {pidfile}; exec sleep 60"
+        f"if [ -e {marker} ]; then exit 0; fi; touch {marker}; echo $$ > {pidfile}; exec sleep 600"
+    )
+    short_start, short_end = rec / "g.short.start", rec / "g.short.end"
+    short_cmd = (
+        f"date +%s.%N > {short_start}.tmp && mv {short_start}.tmp {short_start} && "
+        f"i=0; while [ ! -e {release} ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; "
+        f"date +%s.%N > {short_end}"
     )
     spec = write_spec(
         staging / "g",
         [
             task("long", command=long_cmd, files=["long.txt"]),
-            rec_task("short", rec, "g", sleep=1.0),
+            task("short", command=short_cmd, files=["out/g/short.txt"]),
             rec_task("after", rec, "g", blocked_by=["short"]),
         ],
     )
-    grace = 3.0
-    d = daemons(watched, "--allow-commands", "--grace", str(grace))
+    d = daemons(watched, "--allow-commands", "--grace", "3")
     os.rename(spec, watched / "g")
     g = watched / "g"
     wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 30, "long to start")
     wait_for(lambda: started_at(rec, "g", "short"), 30, "short to start")
     worker_pid = int(pidfile.read_text())
-    t0 = time.monotonic()
-    code = d.stop(signal.SIGTERM, timeout=grace + 30)
-    took = time.monotonic() - t0
-    print(f"SIGTERM -> exit: {took:.2f}s (grace {grace:g}s)")
-    assert code == 0
-    assert took < grace + 2.0
+    d.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "stopping: no new task starts" in d.text(), 30, "the daemon to stop")
+    assert "1 running spec(s) get 3s to finish" in d.text(), d.text()
+    release.touch()  # "short" finishes during the grace period
+    # "long" would keep the daemon for 10 minutes: it exits only if it stopped "long" once
+    # the grace period was over (a safety net of a minute, not a speed limit).
+    code = d.proc.wait(60)
+    assert d.stop() == code == 0
     st = statuses(g)
     assert st == {"long": "pending", "short": "pass", "after": "pending"}, st
     assert (
         not psutil.pid_exists(worker_pid)
         or psutil.Process(worker_pid).status() == psutil.STATUS_ZOMBIE
     )
-    assert "grace period over" in d.text()
+    text = d.text()
+    assert text.index("stopping: no new task starts") < text.index("grace period over"), text
+    assert not (rec / "g.after.start").exists()
 
     d2 = daemons(watched, "--allow-commands")
     wait_for(lambda: all_pass(g), 60, "the restarted daemon to complete g")

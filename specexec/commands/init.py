@@ -12,7 +12,8 @@ from specexec.errors import EXIT_OK, InvalidInput
 from specexec.fmt import did_you_mean
 from specexec.resources import data_dir
 from specexec.tasksfile import jsonio, store
-from specexec.tasksfile.schema import id_problem, json_schema
+from specexec.tasksfile.models import json_schema
+from specexec.tasksfile.schema import id_problem
 from specexec.tasksfile.types import TASKS_FILE
 
 SCHEMA_FILE = "tasks.schema.json"

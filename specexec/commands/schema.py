@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from specexec.errors import EXIT_OK
-from specexec.tasksfile.schema import json_schema
+from specexec.tasksfile.models import json_schema
 
 
 def schema() -> int:

@@ -297,8 +297,7 @@ def staged_problems(top: Path, env: dict[str, str] | None = None) -> list[str]:
     files = [rel for rel in staged if _is_tasks_file(rel)]
     if not files:
         return []
-    # Imported only now: building the pydantic models takes most of a second, which
-    # commits that stage no tasks.json should not pay.
+    # Imported only now: validation is not needed by commits that stage no tasks.json.
     from specexec.tasksfile import jsonio
     from specexec.tasksfile.schema import validate_document
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +86,8 @@ def repo_worktree_dir(root: Path) -> str | None:
     path = root / "pyproject.toml"
     if not path.is_file():
         return None
+    import tomllib  # only with a pyproject.toml: most runs need no TOML parser
+
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:

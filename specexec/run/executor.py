@@ -75,6 +75,8 @@ class RunOptions:
     # Waits after a rate limit or overload without a stated retry time (fleet.backoff).
     backoff_base_s: float = fleet.BACKOFF_BASE_S
     backoff_cap_s: float = fleet.BACKOFF_CAP_S
+    # --fixed-concurrency: every worker keeps --jobs (fleet.Concurrency never lowers it).
+    fixed_concurrency: bool = False
 
 
 def new_run_id() -> str:
@@ -216,7 +218,7 @@ class Executor:
             for r in runs
             for t in r.spec.tasks
         }
-        self.concurrency = fleet.Concurrency(opts.jobs)
+        self.concurrency = fleet.Concurrency(opts.jobs, fixed=opts.fixed_concurrency)
         self.broken: dict[str, str] = {}  # worker id -> why no task of it starts
         self.guard = guard or fleet.ResourceGuard(opts.max_memory_percent, opts.max_cpu_percent)
         self.resource_wait: tuple[float, str] | None = None  # since, why
@@ -271,7 +273,13 @@ class Executor:
         worker = self.worker_ids[key]
         self.active[key] = worker
         ctx_for = self._context_factory(r, task)
-        self.pool.submit(self._work, key, ctx_for, task, prog.resume)
+        # Without a shared pool the attempt starts now: marked in_progress here, before
+        # its worker exists, instead of a message back from the thread (one hand-over of
+        # the loop per task fewer). From a shared pool it starts once a slot is free.
+        announced = self.slots is None
+        if announced:
+            self._on_attempt(_Attempt(key, prog.resume.attempt + 1))
+        self.pool.submit(self._work, key, ctx_for, task, prog.resume, announced)
 
     def _context_factory(
         self, r: SpecRun, task: Task
@@ -337,19 +345,21 @@ class Executor:
                 return True
         return False
 
-    def _work(self, key: Key, make: _Make, task: Task, resume: _Resume) -> None:
+    def _work(self, key: Key, make: _Make, task: Task, resume: _Resume, announced: bool) -> None:
         if self.slots is not None:
             if not self._take_slot():
                 self.queue.put(_NotStarted(key))
                 return
             try:
-                self._work_in_slot(key, make, task, resume)
+                self._work_in_slot(key, make, task, resume, announced)
             finally:
                 self.slots.release()
         else:
-            self._work_in_slot(key, make, task, resume)
+            self._work_in_slot(key, make, task, resume, announced)
 
-    def _work_in_slot(self, key: Key, make: _Make, task: Task, resume: _Resume) -> None:
+    def _work_in_slot(
+        self, key: Key, make: _Make, task: Task, resume: _Resume, announced: bool
+    ) -> None:
         start = attempt_start = time.time()
         retries = self.opts.retries if self.opts.retries is not None else task.max_retries
         attempt, retried, timeout = resume.attempt, resume.retried, resume.timeout
@@ -361,7 +371,9 @@ class Executor:
         try:
             while True:
                 attempt += 1
-                self.queue.put(_Attempt(key, attempt))
+                if not announced:
+                    self.queue.put(_Attempt(key, attempt))
+                announced = False  # a retry is announced from here
                 attempt_start = time.time()
                 rerun = task.on_conflict == "rerun" and not rerun_done
                 outcome = taskrun.run_attempt(make(attempt, timeout, conflicts, rerun))

@@ -86,18 +86,49 @@ def token_count(tokens: Mapping[str, int] | None) -> int:
     return int(tokens.get("input", 0)) + int(tokens.get("output", 0))
 
 
+# A rate limit among at least this many successes per failure, since the limit was last
+# lowered, is sporadic: the limit holds (see Concurrency).
+SPORADIC_RATIO = 2
+
+
+@dataclass
+class _Worker:
+    """What one worker's limit has seen: since it was last lowered (``ok``, ``failed``), and
+    since it last changed (``window``)."""
+
+    lowered_at: float = float("-inf")
+    ok: int = 0  # successes since the last decrease
+    failed: int = 0  # rate limits and overloads since then (the burst's own not counted)
+    window: int = 0  # successes since the last change, toward the next step up
+
+
 @dataclass
 class Concurrency:
-    """How many tasks of each worker may run at once: ``jobs`` at first, halved (never
-    below 1) on a rate limit or overload, one more after each success."""
+    """How many tasks of each worker may run at once: additive increase, multiplicative
+    decrease (AIMD, as TCP's congestion control), per worker.
+
+    - It starts at ``jobs``.
+    - A ``rate_limit`` or ``overloaded`` failure halves it (never below 1), once per
+      episode: a failure of an attempt that started before the last decrease belongs to
+      the burst that caused it, and one among at least ``SPORADIC_RATIO`` times as many
+      successes since the last decrease (counting at most the last two windows of them) is
+      sporadic. Either way the limit holds.
+    - It grows back one at a time, up to ``jobs``: one more after each whole window of
+      successes at the current limit (``limit`` successes since its last change), not one
+      per success, which would double it in one round of tasks and meet the same limit again.
+
+    ``fixed`` (``--fixed-concurrency``): every worker stays at ``jobs``.
+    """
 
     jobs: int
+    fixed: bool = False
+    clock: Callable[[], float] = time.time
     limits: dict[str, int] = field(default_factory=dict)
-    lowered_at: dict[str, float] = field(default_factory=dict)
     # Changes over time; a worker's "start" entry (its first task, at --jobs) is written
     # with its first change, so a run of many workers that never hit a limit logs nothing.
     log: list[dict[str, Any]] = field(default_factory=list)
     first_seen: dict[str, str] = field(default_factory=dict)
+    _seen: dict[str, _Worker] = field(default_factory=dict, repr=False)
 
     def limit(self, worker: str) -> int:
         if worker not in self.limits:
@@ -106,34 +137,42 @@ class Concurrency:
         return self.limits[worker]
 
     def lower(self, worker: str, attempt_started: float, why: str) -> int | None:
-        """Halve after a transient failure; None if unchanged. An attempt that started
-        before the last decrease belongs to the burst that caused it: not counted twice."""
+        """After a transient failure of an attempt that started at ``attempt_started``
+        (epoch s): the new limit, or None if it holds."""
         cur = self.limit(worker)
-        if attempt_started < self.lowered_at.get(worker, float("-inf")):
+        seen = self._seen.setdefault(worker, _Worker())
+        if self.fixed or attempt_started < seen.lowered_at:
             return None
-        self.lowered_at[worker] = time.time()
+        seen.failed += 1
+        if min(seen.ok, 2 * cur) >= SPORADIC_RATIO * seen.failed:
+            return None
+        self._seen[worker] = _Worker(lowered_at=self.clock())
         new = max(1, cur // 2)
         if new == cur:
             return None
-        self.limits[worker] = new
-        self._record(worker, why)
+        self._set(worker, new, why)
         return new
 
     def grow(self, worker: str) -> int | None:
+        """After a success: the new limit, or None if it holds."""
         cur = self.limit(worker)
-        if cur >= self.jobs:
+        seen = self._seen.setdefault(worker, _Worker())
+        if self.fixed:
             return None
-        self.limits[worker] = cur + 1
-        self._record(worker, "success")
+        seen.ok += 1
+        seen.window += 1
+        if cur >= self.jobs or seen.window < cur:
+            return None
+        self._set(worker, cur + 1, "success")
         return cur + 1
 
-    def _record(self, worker: str, why: str) -> None:
+    def _set(self, worker: str, limit: int, why: str) -> None:
+        self.limits[worker] = limit
+        self._seen.setdefault(worker, _Worker()).window = 0
         if worker in self.first_seen:
             start = self.first_seen.pop(worker)
             self.log.append({"t": start, "worker": worker, "limit": self.jobs, "why": "start"})
-        self.log.append(
-            {"t": utc_iso(ms=True), "worker": worker, "limit": self.limits[worker], "why": why}
-        )
+        self.log.append({"t": utc_iso(ms=True), "worker": worker, "limit": limit, "why": why})
 
 
 def _memory_percent() -> float:

@@ -1,6 +1,7 @@
 """The internal, immutable view of a spec folder.
 
-pydantic models live only at the file boundary (``specexec.tasksfile.schema``); everything else in
+pydantic models live only at the file boundary (``specexec.tasksfile.models``, imported only
+for a value the plain-value checks of ``schema`` cannot vouch for); everything else in
 specexec works with these small frozen dataclasses.
 """
 

@@ -8,11 +8,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
-
 from specexec.errors import InvalidInput
 from specexec.fmt import did_you_mean
-from specexec.tasksfile.schema import WorkerField, worker_config
+from specexec.tasksfile.schema import read_worker, worker_config
 from specexec.tasksfile.types import Spec, Task, WorkerConfig
 from specexec.workers.registry import KNOWN_PRESETS
 
@@ -38,12 +36,11 @@ def repo_worker(repo_root: Path | None) -> WorkerConfig | None:
     section = repo_config(repo_root)
     if "worker" not in section:
         return None
-    try:
-        value = TypeAdapter(WorkerField).validate_python(section["worker"])
-    except ValidationError as e:
+    value, errors = read_worker(section["worker"])
+    if errors:
         raise InvalidInput(
-            f"{repo_root}/pyproject.toml: [tool.specexec] worker: {e.errors()[0]['msg']}"
-        ) from None
+            f"{repo_root}/pyproject.toml: [tool.specexec] worker: {errors[0]['msg']}"
+        )
     return worker_config(value)
 
 

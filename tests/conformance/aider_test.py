@@ -12,25 +12,29 @@ aider_cli_test's slow test).
 
 from __future__ import annotations
 
-import json
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import proto_openai_chat
 import pytest
 from aider_cli_test import endpoint_env, write_aider_home
 from modelserver import ModelServer, Reply
 from support import (
+    GIT_IDENTITY,
+    assert_first_failed,
+    assert_three_tasks_merged,
+    assert_worktrees_outside,
     branch_files,
+    cli_fixture,
     conf_task,
-    require_cli,
+    describe,
+    result_of,
     run_specexec,
+    server_fixture,
     spec_repo,
     tasks_by_id,
     three_tasks,
+    three_tasks_first_fails,
 )
 
 from specexec.workers.aider import AGENT
@@ -39,15 +43,8 @@ TIMEOUT = 120.0  # per specexec run; each aider run takes 3-15 s here
 pytestmark = pytest.mark.timeout(TIMEOUT + 30)
 
 
-@pytest.fixture
-def aider() -> Path:
-    return require_cli("aider")
-
-
-@pytest.fixture
-def server() -> Iterator[ModelServer]:
-    with ModelServer(proto_openai_chat.ROUTES) as srv:
-        yield srv
+aider = cli_fixture("aider")
+server = server_fixture(proto_openai_chat.ROUTES)
 
 
 def specexec_env(tmp_path: Path, server: ModelServer) -> dict[str, str]:
@@ -59,47 +56,14 @@ def specexec_env(tmp_path: Path, server: ModelServer) -> dict[str, str]:
     (home / ".gitconfig").write_text("[user]\n\tname = t\n\temail = t@example.invalid\n")
     env = endpoint_env(server.url, home)
     assert not set(AGENT.env or {}) & set(env)  # the plugin's defaults come from specexec
-    # specexec commits each task's change in its worktree.
-    env |= {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid"}
-    env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
-    return env
+    return env | GIT_IDENTITY  # specexec commits each task's change in its worktree
 
 
 def run(
     tmp_path: Path, server: ModelServer, tasks: list[dict[str, object]], *args: str
-) -> tuple[Path, subprocess.CompletedProcess[str], float]:
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
     repo = spec_repo(tmp_path, tasks, worker="aider")
-    start = time.monotonic()
-    proc = run_specexec(repo, specexec_env(tmp_path, server), *args, timeout=TIMEOUT)
-    return repo, proc, time.monotonic() - start
-
-
-def result_of(task: dict[str, object]) -> dict[str, Any]:
-    result = task.get("result")
-    return dict(result) if isinstance(result, dict) else {}
-
-
-def assert_worktrees_outside(repo: Path) -> None:
-    out = subprocess.run(
-        ["git", "worktree", "list", "--porcelain"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    paths = [
-        Path(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("worktree ")
-    ]
-    assert paths[0] == repo
-    for p in paths[1:]:
-        assert repo not in p.parents, f"worktree {p} inside the repository"
-
-
-def describe(proc: subprocess.CompletedProcess[str], repo: Path) -> str:
-    return (
-        f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n"
-        + json.dumps(tasks_by_id(repo), indent=1)[-4000:]
-    )
+    return repo, run_specexec(repo, specexec_env(tmp_path, server), *args, timeout=TIMEOUT)
 
 
 def server_usage(server: ModelServer) -> list[dict[str, int]]:
@@ -111,31 +75,18 @@ def server_usage(server: ModelServer) -> list[dict[str, int]]:
     return usages
 
 
-def test_three_tasks_pass_and_merge(aider: Path, server: ModelServer, tmp_path: Path) -> None:
-    repo, proc, _ = run(tmp_path, server, three_tasks("aider"))
-    assert proc.returncode == 0, describe(proc, repo)
-    tasks = tasks_by_id(repo)
-    assert {k: t["status"] for k, t in tasks.items()} == {"A": "pass", "B": "pass", "C": "pass"}
-    files = branch_files(repo)
-    for key, word in (("a", "alpha"), ("b", "beta"), ("c", "gamma")):
-        # The whole format ends each file with a newline.
-        assert files[f"aider_{key}.txt"] == f"{word} from aider\n"
-    # Nothing of aider's (.aider.chat.history.md, .aider.tags.cache.v4/, both staged or
-    # not) nor the result file it `git add`ed: the README, the spec, the 3 files.
-    assert set(files) == {
-        "README.md",
-        "specs/conf/tasks.json",
-        "aider_a.txt",
-        "aider_b.txt",
-        "aider_c.txt",
-    }
+def test_three_tasks_pass_and_merge(server: ModelServer, tmp_path: Path) -> None:
+    repo, proc = run(tmp_path, server, three_tasks("aider"))
+    # The whole format ends each file with a newline. Nothing of aider's on the branch
+    # (.aider.chat.history.md, .aider.tags.cache.v4/, both staged or not) nor the result
+    # file it `git add`ed.
+    tasks = assert_three_tasks_merged(proc, repo, "aider", end="\n")
     # One model call per task, nothing else (no model list, no other host).
     assert [r.path for r in server.requests] == ["/v1/chat/completions"] * 3
     outputs = [u["completion_tokens"] for u in server_usage(server)]
     for task_id, task in tasks.items():
-        assert not task.get("scope_violations"), task
         result = result_of(task)
-        assert result["status"] == "pass" and result["source"] == "result_file", task
+        assert result["source"] == "result_file", task
         assert result["files_created"] == [f"aider_{task_id.lower()}.txt"]
         tokens = result["tokens"]
         # --no-stream: the server's usage ("1.2k sent" is rounded; < 1000 is exact).
@@ -147,26 +98,18 @@ def test_three_tasks_pass_and_merge(aider: Path, server: ModelServer, tmp_path: 
     assert_worktrees_outside(repo)
 
 
-def test_model_reported_fail_blocks_the_dependent(
-    aider: Path, server: ModelServer, tmp_path: Path
-) -> None:
-    tasks = three_tasks("aider")
-    tasks[0] = conf_task("A", ["aider_a.txt"], "[[status fail: the spec is contradictory]]")
-    repo, proc, _ = run(tmp_path, server, tasks, "--retries", "0")
-    assert proc.returncode == 1, describe(proc, repo)
-    got = tasks_by_id(repo)
-    assert got["A"]["status"] == "fail"
+def test_model_reported_fail_blocks_the_dependent(server: ModelServer, tmp_path: Path) -> None:
+    repo, proc = run(tmp_path, server, three_tasks_first_fails("aider"), "--retries", "0")
+    got = assert_first_failed(proc, repo, "aider")
     assert result_of(got["A"])["blocker"] == "the spec is contradictory"
     assert result_of(got["A"])["source"] == "result_file"
-    assert got["B"]["status"] == "pass"
-    assert got["C"]["status"] == "blocked"
     assert set(branch_files(repo)) == {"README.md", "specs/conf/tasks.json", "aider_b.txt"}
     assert_worktrees_outside(repo)
 
 
-def test_http_401_fails_quickly(aider: Path, server: ModelServer, tmp_path: Path) -> None:
+def test_http_401_fails_quickly(server: ModelServer, tmp_path: Path) -> None:
     server.fail_with = Reply(401, {"error": {"message": "invalid api key", "type": "auth"}})
-    repo, proc, _ = run(tmp_path, server, three_tasks("aider"), "--retries", "0")
+    repo, proc = run(tmp_path, server, three_tasks("aider"), "--retries", "0")
     assert proc.returncode == 1, describe(proc, repo)
     got = tasks_by_id(repo)
     for task_id in ("A", "B"):
@@ -178,7 +121,7 @@ def test_http_401_fails_quickly(aider: Path, server: ModelServer, tmp_path: Path
     assert_worktrees_outside(repo)
 
 
-def test_rejected_and_refused_edits_fail(aider: Path, server: ModelServer, tmp_path: Path) -> None:
+def test_rejected_and_refused_edits_fail(server: ModelServer, tmp_path: Path) -> None:
     tasks = [
         # A reply aider cannot parse, 3 times: nothing is written; exit 0.
         conf_task("M", ["aider_m.txt"], "[[malformed edit]]"),
@@ -186,7 +129,7 @@ def test_rejected_and_refused_edits_fail(aider: Path, server: ModelServer, tmp_p
         # that edit, applies the rest (the result file says pass) and exits 0.
         conf_task("G", ["aider_g.txt"], "[[write .git/evil.txt: x]] [[write aider_g.txt: g]]"),
     ]
-    repo, proc, _ = run(tmp_path, server, tasks, "--retries", "0")
+    repo, proc = run(tmp_path, server, tasks, "--retries", "0")
     assert proc.returncode == 1, describe(proc, repo)
     got = tasks_by_id(repo)
     assert got["M"]["status"] == "fail" and got["G"]["status"] == "fail"

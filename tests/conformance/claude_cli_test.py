@@ -187,7 +187,7 @@ def test_http_401_is_an_error_result_with_exit_1(
     assert res["subtype"] == "success" and res["is_error"] is True
     assert res["api_error_status"] == 401
     assert "Invalid API key" in res["result"]
-    assert len(server.requests) == 1 and ran.seconds < 30
+    assert len(server.requests) == 1  # no retry of a 401
     assert not (repo / "n.txt").exists()
     error = unwrapped(ran).error
     assert error and error.startswith("claude reported an error (API status 401): Invalid API")
@@ -205,7 +205,6 @@ def test_retries_are_bounded_by_claude_code_max_retries(
     assert ran.returncode == 1 and res["is_error"] is True
     assert res["api_error_status"] == status
     assert len(server.requests) == 2  # the first try + 1 retry
-    assert ran.seconds < 30
     assert f"(API status {status})" in (unwrapped(ran).error or "")
 
 

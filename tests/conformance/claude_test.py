@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,18 @@ import proto_anthropic
 import pytest
 from modelserver import ModelServer, Reply
 from support import (
+    assert_failed_and_blocked,
+    assert_three_tasks_merged,
+    assert_worktrees_outside,
     base_env,
     branch_files,
+    cli_fixture,
     conf_task,
-    require_cli,
+    describe,
+    failing_task_and_its_dependent,
+    result_of,
     run_specexec,
+    server_fixture,
     spec_repo,
     tasks_by_id,
     three_tasks,
@@ -36,15 +42,8 @@ TIMEOUT = 120.0  # per specexec run; each normally takes 3-8 s
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture(autouse=True)
-def claude() -> Path:
-    return require_cli("claude")
-
-
-@pytest.fixture
-def server() -> Iterator[ModelServer]:
-    with ModelServer(proto_anthropic.ROUTES) as srv:
-        yield srv
+claude = cli_fixture("claude")
+server = server_fixture(proto_anthropic.ROUTES)
 
 
 def claude_env(server: ModelServer, tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -74,39 +73,10 @@ def write_tasks(repo: Path, tasks: list[dict[str, object]]) -> None:
     subprocess.run([*git, "commit", "-qam", "tasks"], cwd=repo, check=True)
 
 
-def why(ran: subprocess.CompletedProcess[str], repo: Path) -> str:
-    return f"exit {ran.returncode}\n{ran.stdout[-3000:]}\n{ran.stderr[-3000:]}\n{tasks_by_id(repo)}"
-
-
-def result_of(task: dict[str, Any]) -> dict[str, Any]:
-    res = task.get("result")
-    assert isinstance(res, dict), task
-    return res
-
-
 def blocker_of(task: dict[str, Any]) -> str:
     blocker = task.get("blocker")
     assert isinstance(blocker, str), task
     return blocker
-
-
-def assert_worktrees_outside(repo: Path) -> list[Path]:
-    """No worktree of the repository lives under its ``.git/`` or inside its work tree;
-    returns the linked worktrees."""
-    out = subprocess.run(
-        ["git", "worktree", "list", "--porcelain"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    paths = [
-        Path(line[len("worktree ") :]) for line in out.splitlines() if line.startswith("worktree ")
-    ]
-    assert paths and paths[0] == repo.resolve(), out
-    for path in paths[1:]:
-        assert not path.is_relative_to(repo.resolve()), out
-    return paths[1:]
 
 
 def assert_only_model_calls(server: ModelServer) -> None:
@@ -125,21 +95,10 @@ def test_three_tasks_pass_and_merge_with_jobs_2(server: ModelServer, tmp_path: P
     spec[2]["summary"] = f"{spec[2]['summary']} [[write .specexec-result.json: {result}]]"
     repo = spec_repo(tmp_path, spec, worker="claude")
     ran = run(repo, claude_env(server, tmp_path))
-    assert ran.returncode == 0, why(ran, repo)
-    files = branch_files(repo)
-    assert files["claude_a.txt"] == "alpha from claude"
-    assert files["claude_b.txt"] == "beta from claude"
-    assert files["claude_c.txt"] == "gamma from claude"
-    # Nothing the agent or specexec wrote for itself reached the branch.
-    assert set(files) == {"README.md", "specs/conf/tasks.json", *(f"claude_{x}.txt" for x in "abc")}
+    tasks = assert_three_tasks_merged(ran, repo, "claude")
     assert AGENT.leaves == ()  # the CLI writes only under $HOME
-    tasks: dict[str, Any] = tasks_by_id(repo)
-    assert set(tasks) == {"A", "B", "C"}
-    for task_id, task in tasks.items():
-        assert task["status"] == "pass", (task_id, task)
-        assert not task.get("scope_violations"), task
+    for task in tasks.values():
         res = result_of(task)
-        assert res["status"] == "pass" and not res.get("denials"), res
         assert res["tokens"]["input"] > 0 and res["tokens"]["output"] > 0, res
         assert res["cost_usd"] > 0, res
         assert task.get("commit"), task  # merged (a conflict would fail the task)
@@ -150,32 +109,22 @@ def test_three_tasks_pass_and_merge_with_jobs_2(server: ModelServer, tmp_path: P
     assert "conflict" not in (ran.stdout + ran.stderr).lower()
     assert_only_model_calls(server)
     # The pool's worktrees are in SPECEXEC_WORKTREE_DIR (run_specexec: $HOME/worktrees).
-    linked = assert_worktrees_outside(repo)
-    assert linked and all(p.is_relative_to(tmp_path / "home" / "worktrees") for p in linked)
+    assert assert_worktrees_outside(repo, under=tmp_path / "home" / "worktrees")
 
 
 def test_model_reported_fail_fails_the_task_and_blocks_its_dependent(
     server: ModelServer, tmp_path: Path
 ) -> None:
-    tasks = [
-        conf_task("A", ["a.txt"], "[[write a.txt: a]] [[status fail: tests do not pass]]"),
-        conf_task("B", ["b.txt"], "[[write b.txt: b]]", ("A",)),
-    ]
-    repo = spec_repo(tmp_path, tasks, worker="claude")
-    ran = run(repo, claude_env(server, tmp_path))
-    assert ran.returncode == 1, why(ran, repo)
-    by_id = tasks_by_id(repo)
-    assert by_id["A"]["status"] == "fail", by_id
+    repo = spec_repo(tmp_path, failing_task_and_its_dependent(), worker="claude")
+    by_id = assert_failed_and_blocked(run(repo, claude_env(server, tmp_path)), repo)
     assert "tests do not pass" in blocker_of(by_id["A"])
-    assert by_id["B"]["status"] == "blocked", by_id
-    assert "a.txt" not in branch_files(repo)
 
 
 def test_http_401_fails_the_task_quickly(server: ModelServer, tmp_path: Path) -> None:
     server.fail_with = Reply(401, {"error": {"message": "invalid x-api-key"}})
     repo = spec_repo(tmp_path, [conf_task("A", ["a.txt"], "[[write a.txt: a]]")], worker="claude")
     ran = run(repo, claude_env(server, tmp_path, CLAUDE_CODE_MAX_RETRIES="0"))
-    assert ran.returncode == 1, why(ran, repo)
+    assert ran.returncode == 1, describe(ran, repo)
     assert 1 <= len(server.requests) <= 4  # one call per attempt: no retries by the CLI
     task = tasks_by_id(repo)["A"]
     assert task["status"] == "fail", task
@@ -195,7 +144,7 @@ def test_a_denied_edit_is_a_fail_even_when_other_files_changed(
     tasks = [conf_task("A", ["a.txt"], f"[[write a.txt: a]] [[write {target}: secret]]")]
     write_tasks(repo, tasks)
     ran = run(repo, claude_env(server, tmp_path))
-    assert ran.returncode == 1, why(ran, repo)
+    assert ran.returncode == 1, describe(ran, repo)
     task = tasks_by_id(repo)["A"]
     assert task["status"] == "fail", task
     assert f"claude was denied an edit: Write {target}" in blocker_of(task)
@@ -216,7 +165,7 @@ def test_a_denied_edit_is_a_fail_even_with_a_pass_result_file(
     )
     write_tasks(repo, [conf_task("A", ["a.txt"], directives)])
     ran = run(repo, claude_env(server, tmp_path))
-    assert ran.returncode == 1, why(ran, repo)
+    assert ran.returncode == 1, describe(ran, repo)
     task = tasks_by_id(repo)["A"]
     assert task["status"] == "fail", task
     assert result_of(task)["source"] == "result_file"

@@ -14,19 +14,24 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import proto_gemini
-import pytest
 from modelserver import ModelServer, Reply
 from support import (
+    assert_failed_and_blocked,
+    assert_three_tasks_merged,
+    assert_worktrees_outside,
     base_env,
     branch_files,
+    cli_fixture,
     conf_task,
-    require_cli,
+    describe,
+    failing_task_and_its_dependent,
+    result_of,
     run_specexec,
+    server_fixture,
     spec_repo,
     tasks_by_id,
     three_tasks,
@@ -37,15 +42,8 @@ from specexec.workers.gemini import AGENT
 TIMEOUT = 150.0  # per specexec run; each normally takes 10-30 s
 
 
-@pytest.fixture(autouse=True)
-def gemini() -> Path:
-    return require_cli("gemini")
-
-
-@pytest.fixture
-def server() -> Iterator[ModelServer]:
-    with ModelServer(proto_gemini.ROUTES) as srv:
-        yield srv
+gemini = cli_fixture("gemini")
+server = server_fixture(proto_gemini.ROUTES)
 
 
 def gemini_env(
@@ -76,33 +74,6 @@ def run(repo: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProc
     return ran
 
 
-def why(ran: subprocess.CompletedProcess[str], repo: Path) -> str:
-    return f"exit {ran.returncode}\n{ran.stdout[-3000:]}\n{ran.stderr[-3000:]}\n{tasks_by_id(repo)}"
-
-
-def result_of(task: dict[str, Any]) -> dict[str, Any]:
-    res = task.get("result")
-    assert isinstance(res, dict), task
-    return res
-
-
-def assert_worktrees_outside(repo: Path) -> None:
-    """No worktree of the repository lives under its ``.git/`` or inside its work tree."""
-    out = subprocess.run(
-        ["git", "worktree", "list", "--porcelain"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    paths = [
-        Path(ln.removeprefix("worktree ")) for ln in out.splitlines() if ln.startswith("worktree ")
-    ]
-    assert paths and paths[0] == repo.resolve(), out
-    for path in paths[1:]:
-        assert not path.resolve().is_relative_to(repo.resolve()), out
-
-
 def assert_only_model_calls(server: ModelServer) -> None:
     assert server.requests
     for req in server.requests:
@@ -113,20 +84,10 @@ def assert_only_model_calls(server: ModelServer) -> None:
 def test_three_tasks_pass_and_merge_with_jobs_2(server: ModelServer, tmp_path: Path) -> None:
     repo = spec_repo(tmp_path, three_tasks("gemini"), worker="gemini")
     ran = run(repo, gemini_env(server, tmp_path))
-    assert ran.returncode == 0, why(ran, repo)
-    files = branch_files(repo)
-    assert files["gemini_a.txt"] == "alpha from gemini"
-    assert files["gemini_b.txt"] == "beta from gemini"
-    assert files["gemini_c.txt"] == "gamma from gemini"
-    # Nothing the agent or specexec wrote for itself reached the branch.
-    assert set(files) == {"README.md", "specs/conf/tasks.json", *(f"gemini_{x}.txt" for x in "abc")}
+    tasks = assert_three_tasks_merged(ran, repo, "gemini")
     assert AGENT.leaves == ()  # the CLI writes only under $HOME/.gemini and $TMPDIR
-    tasks = tasks_by_id(repo)
-    for task_id, task in tasks.items():
-        assert task["status"] == "pass", (task_id, task)
-        assert not task.get("scope_violations"), task
+    for task in tasks.values():
         res = result_of(task)
-        assert res["status"] == "pass" and not res.get("denials"), res
         tokens = res["tokens"]
         assert set(tokens) == {"input", "output", "thoughts", "cache_read"}, res
         assert tokens["input"] > tokens["cache_read"] > 0 and tokens["output"] > 0, res
@@ -139,18 +100,8 @@ def test_three_tasks_pass_and_merge_with_jobs_2(server: ModelServer, tmp_path: P
 def test_model_reported_fail_fails_the_task_and_blocks_its_dependent(
     server: ModelServer, tmp_path: Path
 ) -> None:
-    tasks = [
-        conf_task("A", ["a.txt"], "[[write a.txt: a]] [[status fail: tests do not pass]]"),
-        conf_task("B", ["b.txt"], "[[write b.txt: b]]", ("A",)),
-    ]
-    repo = spec_repo(tmp_path, tasks, worker="gemini")
-    ran = run(repo, gemini_env(server, tmp_path), "--retries", "0")
-    assert ran.returncode == 1, why(ran, repo)
-    by_id = tasks_by_id(repo)
-    assert by_id["A"]["status"] == "fail", by_id
-    assert "tests do not pass" in json.dumps(by_id["A"])
-    assert by_id["B"]["status"] == "blocked", by_id
-    assert "a.txt" not in branch_files(repo)
+    repo = spec_repo(tmp_path, failing_task_and_its_dependent(), worker="gemini")
+    assert_failed_and_blocked(run(repo, gemini_env(server, tmp_path), "--retries", "0"), repo)
 
 
 def test_http_401_fails_the_task_quickly(server: ModelServer, tmp_path: Path) -> None:
@@ -160,7 +111,7 @@ def test_http_401_fails_the_task_quickly(server: ModelServer, tmp_path: Path) ->
     repo = spec_repo(tmp_path, [conf_task("A", ["a.txt"], "[[write a.txt: a]]")], worker="gemini")
     env = gemini_env(server, tmp_path, {"maxAttempts": 1}, GEMINI_MODEL="gemini-2.5-flash")
     ran = run(repo, env, "--retries", "0")
-    assert ran.returncode == 1, why(ran, repo)
+    assert ran.returncode == 1, describe(ran, repo)
     task = tasks_by_id(repo)["A"]
     assert task["status"] == "fail", task
     assert "gemini reported an error: API key not valid. (HTTP 401 UNAUTHENTICATED)" in (
@@ -188,7 +139,7 @@ def test_a_refused_write_fails_even_when_the_model_claims_pass(
     ]
     repo = spec_repo(tmp_path, tasks, worker="gemini")
     ran = run(repo, gemini_env(server, tmp_path), "--retries", "0")
-    assert ran.returncode == 1, why(ran, repo)
+    assert ran.returncode == 1, describe(ran, repo)
     by_id = tasks_by_id(repo)
     for task_id in "AB":
         task = by_id[task_id]

@@ -1,4 +1,6 @@
-"""Shared helpers for the real-CLI conformance tests (``*_cli_test.py``).
+"""Shared helpers for the real-CLI conformance tests: the CLI run directly
+(``*_cli_test.py``) and through ``specexec run`` (``<agent>_test.py``, fleet tests), with
+the scenarios and checks those share.
 
 Each run gets a throwaway HOME and an environment built from scratch (nothing inherited
 but PATH basics), so no real credentials, config or vendor endpoint can leak into a run.
@@ -7,16 +9,21 @@ but PATH basics), so no real credentials, config or vendor endpoint can leak int
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import install_agents
 import pytest
+from modelserver import Handler, ModelServer
 
 # Shaped like specexec's worker prompt: the directives sit in the task description.
 PROMPT = """# Task Worker: Execute Task 1.1
@@ -40,6 +47,14 @@ Then state: **TASK COMPLETE**
 
 JSON_BLOCK_RE = re.compile(r"```json\s*\n(?P<body>.*?)\n```\s*$", re.S)
 
+# The git identity of a commit made in a run (a developer's ~/.gitconfig has one).
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.invalid",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.invalid",
+}
+
 
 def require_cli(name: str) -> Path:
     """The installed executable ``name``; skip when missing (fail under ``CI=true``)."""
@@ -52,11 +67,35 @@ def require_cli(name: str) -> Path:
     pytest.skip(message)
 
 
+def cli_fixture(name: str) -> Any:
+    """An autouse fixture for a test module, to be bound to the name ``name``
+    (``claude = cli_fixture("claude")``): the installed CLI, else every test skips."""
+
+    @pytest.fixture(name=name, autouse=True)
+    def cli() -> Path:
+        """The installed CLI (require_cli)."""
+        return require_cli(name)
+
+    return cli
+
+
+def server_fixture(routes: dict[str, Handler]) -> Any:
+    """The ``server`` fixture for a test module (``server = server_fixture(ROUTES)``): a
+    scripted model serving ``routes`` on 127.0.0.1 for the test's length."""
+
+    @pytest.fixture(name="server")
+    def server() -> Iterator[ModelServer]:
+        """The scripted model on 127.0.0.1."""
+        with ModelServer(routes) as srv:
+            yield srv
+
+    return server
+
+
 def git_repo(path: Path) -> Path:
     """A fresh git repository (one commit) at ``path``: what a specexec worktree looks like."""
     path.mkdir(parents=True, exist_ok=True)
-    env = {**base_env(path), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid"}
-    env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
+    env = base_env(path) | GIT_IDENTITY
     subprocess.run(["git", "init", "-q", str(path)], check=True, env=env)
     (path / "README.md").write_text("scratch\n")
     subprocess.run(["git", "add", "README.md"], cwd=path, check=True, env=env)
@@ -145,16 +184,12 @@ def porcelain(repo: Path) -> list[str]:
 def spec_repo(tmp_path: Path, tasks: list[dict[str, object]], *, worker: str) -> Path:
     """A git repository with ``specs/conf/tasks.json`` (spec ``conf``) committed, whose
     tasks run under the ``worker`` preset exactly as shipped. Returns the repository."""
-    import json
-
     repo = git_repo(tmp_path / "repo")
     spec = repo / "specs" / "conf"
     spec.mkdir(parents=True)
     doc = {"version": 1, "spec": "conf", "worker": worker, "tasks": tasks}
     (spec / "tasks.json").write_text(json.dumps(doc, indent=2) + "\n")
-    env = base_env(tmp_path)
-    env |= {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid"}
-    env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
+    env = base_env(tmp_path) | GIT_IDENTITY
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True, env=env)
     subprocess.run(["git", "commit", "-q", "-m", "spec"], cwd=repo, check=True, env=env)
     return repo
@@ -188,8 +223,6 @@ def run_specexec(
 ) -> subprocess.CompletedProcess[str]:
     """``specexec run specs/conf --jobs 2 ARGS`` as a real subprocess in ``repo``, with the
     agent's environment (its bin folder on PATH, its throwaway HOME, endpoint and key)."""
-    import sys
-
     # specexec's own worktrees go under the throwaway HOME's cache, never the real one.
     full = {**env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     full.setdefault("SPECEXEC_WORKTREE_DIR", str(Path(env["HOME"]) / "worktrees"))
@@ -207,8 +240,6 @@ def run_specexec(
 
 
 def tasks_by_id(repo: Path) -> dict[str, dict[str, object]]:
-    import json
-
     doc = json.loads((repo / "specs" / "conf" / "tasks.json").read_text())
     return {t["id"]: t for t in doc["tasks"]}
 
@@ -229,3 +260,109 @@ def branch_files(repo: Path, branch: str = "specexec/conf") -> dict[str, str]:
         for n in names
         if n
     }
+
+
+def describe(proc: subprocess.CompletedProcess[str], repo: Path) -> str:
+    """What a failed assertion on a run shows: its exit code, output tails and tasks."""
+    return (
+        f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n"
+        + json.dumps(tasks_by_id(repo), indent=1)[-4000:]
+    )
+
+
+def result_of(task: dict[str, Any]) -> dict[str, Any]:
+    """The worker result specexec recorded on ``task`` (there must be one)."""
+    res = task.get("result")
+    assert isinstance(res, dict), task
+    return res
+
+
+def assert_worktrees_outside(repo: Path, under: Path | None = None) -> list[Path]:
+    """No worktree of the repository lives under its ``.git/`` or inside its work tree
+    (and with ``under``, every linked one lives below that folder); returns the linked
+    worktrees."""
+    out = subprocess.run(
+        ["git", "worktree", "list", "--porcelain"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    paths = [
+        Path(ln.removeprefix("worktree ")) for ln in out.splitlines() if ln.startswith("worktree ")
+    ]
+    assert paths and paths[0] == repo.resolve(), out
+    for path in paths[1:]:
+        assert not path.resolve().is_relative_to(repo.resolve()), out
+        assert under is None or under in path.parents, (path, under)
+    return paths[1:]
+
+
+def assert_three_tasks_merged(
+    proc: subprocess.CompletedProcess[str], repo: Path, agent: str, *, end: str = ""
+) -> dict[str, dict[str, Any]]:
+    """The run of ``three_tasks(agent)`` exited 0; every task passed, with a result that
+    says pass and no denial or scope violation; the branch holds the three files (each its
+    words, then ``end``), the README and the spec: nothing the agent or specexec wrote for
+    itself. Returns the tasks by id."""
+    assert proc.returncode == 0, describe(proc, repo)
+    tasks = tasks_by_id(repo)
+    assert {k: t["status"] for k, t in tasks.items()} == dict.fromkeys("ABC", "pass"), tasks
+    for task in tasks.values():
+        assert not task.get("scope_violations"), task
+        res = result_of(task)
+        assert res["status"] == "pass" and not res.get("denials"), res
+    files = branch_files(repo)
+    for key, word in (("a", "alpha"), ("b", "beta"), ("c", "gamma")):
+        assert files[f"{agent}_{key}.txt"] == f"{word} from {agent}{end}", files
+    assert set(files) == {
+        "README.md",
+        "specs/conf/tasks.json",
+        *(f"{agent}_{x}.txt" for x in "abc"),
+    }
+    return tasks
+
+
+def failing_task_and_its_dependent() -> list[dict[str, object]]:
+    """A writes ``a.txt`` and then reports fail ("tests do not pass"); B is blocked by A."""
+    return [
+        conf_task("A", ["a.txt"], "[[write a.txt: a]] [[status fail: tests do not pass]]"),
+        conf_task("B", ["b.txt"], "[[write b.txt: b]]", ("A",)),
+    ]
+
+
+def assert_failed_and_blocked(
+    proc: subprocess.CompletedProcess[str], repo: Path
+) -> dict[str, dict[str, Any]]:
+    """The run of ``failing_task_and_its_dependent()`` exited 1: A failed with the model's
+    reason, B is blocked and A's file is not on the branch. Returns the tasks by id."""
+    assert proc.returncode == 1, describe(proc, repo)
+    by_id = tasks_by_id(repo)
+    assert by_id["A"]["status"] == "fail", by_id
+    assert "tests do not pass" in json.dumps(by_id["A"])
+    assert by_id["B"]["status"] == "blocked", by_id
+    assert "a.txt" not in branch_files(repo)
+    return by_id
+
+
+def three_tasks_first_fails(agent: str) -> list[dict[str, object]]:
+    """``three_tasks(agent)`` where A writes nothing and reports fail ("the spec is
+    contradictory"): B, independent, still runs; C, blocked by both, does not."""
+    tasks = three_tasks(agent)
+    tasks[0] = conf_task("A", [f"{agent}_a.txt"], "[[status fail: the spec is contradictory]]")
+    return tasks
+
+
+def assert_first_failed(
+    proc: subprocess.CompletedProcess[str], repo: Path, agent: str
+) -> dict[str, dict[str, Any]]:
+    """The run of ``three_tasks_first_fails(agent)`` exited 1: A failed with the model's
+    reason, B passed and merged, C is blocked. Returns the tasks by id."""
+    assert proc.returncode == 1, describe(proc, repo)
+    got = tasks_by_id(repo)
+    assert got["A"]["status"] == "fail"
+    assert "the spec is contradictory" in json.dumps(got["A"])
+    assert got["B"]["status"] == "pass"
+    assert got["C"]["status"] == "blocked"
+    assert f"{agent}_b.txt" in branch_files(repo)
+    return got

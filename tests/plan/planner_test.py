@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from itertools import pairwise
 
 import pytest
+from conftest import task_obj as t
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,23 +21,6 @@ from specexec.plan.planner import (
 )
 from specexec.plan.schedule import simulate
 from specexec.tasksfile.types import Task
-
-
-def t(
-    task_id: str,
-    *files: str,
-    after: Sequence[str] = (),
-    minutes: float | None = None,
-    status: str = "pending",
-) -> Task:
-    return Task(
-        task_id,
-        f"Task {task_id}",
-        status=status,  # type: ignore[arg-type]
-        relevant_files=files,
-        blocked_by=tuple(after),
-        estimated_minutes=minutes,
-    )
 
 
 def waves(tasks: Sequence[Task], jobs: int = 4) -> list[list[str]]:

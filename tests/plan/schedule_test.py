@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
+from conftest import task_obj as t
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,23 +13,6 @@ from specexec.errors import InvalidInput
 from specexec.plan.patterns import conflict_graph, conflict_indices, patterns_conflict
 from specexec.plan.schedule import Key, Prepared, Schedule, TaskGraph, simulate
 from specexec.tasksfile.types import Task
-
-
-def t(
-    task_id: str,
-    *files: str,
-    after: Sequence[str] = (),
-    minutes: float | None = None,
-    status: str = "pending",
-) -> Task:
-    return Task(
-        task_id,
-        f"Task {task_id}",
-        status=status,  # type: ignore[arg-type]
-        relevant_files=files,
-        blocked_by=tuple(after),
-        estimated_minutes=minutes,
-    )
 
 
 def one(tasks: Sequence[Task], jobs: int = 4, mode: str = "eager") -> Schedule:

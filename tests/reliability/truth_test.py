@@ -631,15 +631,14 @@ def test_a_template_of_nested_loops_fails_its_task_within_the_budget(tmp_path: P
     the budget; the other folder of the same run passes."""
     repo = init_repo(tmp_path / "repo")
     bad, good = _c10_specs(repo, C10_LOOPS)
-    started = time.monotonic()
+    # The loops alone would keep the run busy for minutes, past run_cli's timeout: the
+    # run ends only because the rendering was stopped by its time budget.
     res = run_cli("run", str(bad), str(good), "--retries", "0", cwd=repo, timeout=100)
-    elapsed = time.monotonic() - started
     assert res.returncode == 1, res.stdout + res.stderr
     blocker = read_tasks(bad)["T1"].get("blocker") or ""
     assert read_tasks(bad)["T1"]["status"] == "fail"
-    assert "worker_prompt.md.j2" in blocker and "budget" in blocker, blocker
+    assert "worker_prompt.md.j2" in blocker and "rendering budget of 5 s" in blocker, blocker
     assert read_tasks(good)["T1"]["status"] == "pass"
-    assert elapsed < 60, f"took {elapsed:.1f}s"
 
 
 @pytest.mark.parametrize(
@@ -680,13 +679,14 @@ def test_ctrl_c_during_rendering_stops_the_run_promptly(tmp_path: Path, sig: str
         for line in proc.stdout:
             if "start" in line and "bad/T1" in line:
                 break
-        started = time.monotonic()
         proc.send_signal(getattr(signal, sig))
-        proc.communicate(timeout=60)
-        elapsed = time.monotonic() - started
-        assert proc.returncode == 130
-        assert elapsed < 30, f"exited {elapsed:.1f}s after SIGINT"
-        assert read_tasks(bad)["T1"]["status"] == "pending", read_tasks(bad)["T1"]
+        out, err = proc.communicate(timeout=60)  # (a safety net: the loops take minutes)
+        assert proc.returncode == 130, out + err
+        # Stopped by the interrupt, as it rendered: not run on until the time budget
+        # (5 s) failed the task.
+        t1 = read_tasks(bad)["T1"]
+        assert t1["status"] == "pending" and "blocker" not in t1, t1
+        assert "budget" not in out + err, out + err
     finally:
         proc.kill()
         proc.communicate()
@@ -1087,7 +1087,6 @@ def test_watch_goes_on_with_other_folders_and_keeps_its_sigterm_grace(tmp_path: 
     staging = tmp_path / "staging"
     bad, good = _c10_specs(staging, C10_LOOPS)
     log_path = tmp_path / "watch.log"
-    grace = 1.0
     argv = [PY, "-m", "specexec", "watch", str(watched), "--allow-commands", "--grace", "1"]
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
@@ -1106,14 +1105,14 @@ def test_watch_goes_on_with_other_folders_and_keeps_its_sigterm_grace(tmp_path: 
             30,
             "the other folder's task to pass: " + log_path.read_text(),
         )
-        started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-        took = time.monotonic() - started
+        proc.wait(timeout=60)  # (a safety net: the loops take minutes)
         assert proc.returncode == 0, log_path.read_text()
-        assert took < grace + 15, f"SIGTERM -> exit {took:.1f}s"
-        print(f"SIGTERM -> exit: {took:.2f}s (grace {grace:g}s)")
-        assert read_tasks(watched / "bad")["T1"]["status"] == "pending", log_path.read_text()
+        # Stopped by the SIGTERM, as it rendered: not run on until the time budget (5 s)
+        # failed the task.
+        t1 = read_tasks(watched / "bad")["T1"]
+        assert t1["status"] == "pending" and "blocker" not in t1, log_path.read_text()
+        assert "budget" not in log_path.read_text(), log_path.read_text()
     finally:
         if proc.poll() is None:
             proc.kill()

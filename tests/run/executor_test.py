@@ -379,3 +379,33 @@ def test_two_specs_share_one_pool(repo: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     spans = intervals(log)
     assert len(spans) == 6 and max_overlap(spans) <= 3
+
+
+def test_a_running_worker_finds_its_start_already_in_the_event_log(
+    repo: Path, tmp_path: Path
+) -> None:
+    """`status` and the daemon read the event log: a task whose worker runs is already
+    recorded as started, with its attempt, at its first attempt and at a retry."""
+    seen = tmp_path / "seen.txt"
+    check = (
+        f'{PY} -c "import json, os, sys; '
+        "ev = [json.loads(x) for x in open(os.environ['SPECEXEC_SPEC_DIR'] + "
+        "'/.specexec/events.jsonl')]; "
+        "me, n = os.environ['SPECEXEC_TASK_ID'], int(os.environ['SPECEXEC_ATTEMPT']); "
+        "found = any(e.get('task') == me and e.get('to') == 'in_progress' "
+        "and e.get('attempt') == n for e in ev); "
+        f"open({str(seen)!r}, 'a').write(f'{{me}} {{n}} {{found}}\\n'); "
+        'sys.exit(0 if n == 2 else 3)"'
+    )
+    tasks = [task(t, files=[f"{t}.txt"], command=check, isolation="none") for t in "AB"]
+    for t in tasks:
+        t["max_retries"] = 1  # attempt 1 fails on purpose: the retry is checked too
+    d = write_spec(repo / "specs" / "ev", tasks)
+    proc = run_cli("run", str(d), "--jobs", "2", cwd=repo)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(seen.read_text().splitlines()) == [
+        "A 1 True",
+        "A 2 True",
+        "B 1 True",
+        "B 2 True",
+    ]

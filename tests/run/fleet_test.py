@@ -57,18 +57,112 @@ def test_backoff_is_exponential_with_jitter_and_honours_a_stated_wait() -> None:
     assert fleet.backoff(20, None, base=2, cap=300, rand=lambda: 1.0) == 300.0
 
 
-def test_concurrency_halves_once_per_burst_and_grows_back() -> None:
-    c = fleet.Concurrency(8)
+class Clock:
+    """A clock the test sets (epoch seconds), for ``Concurrency(clock=...)``."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def grow_until_it_changes(c: fleet.Concurrency, worker: str = "w") -> tuple[int, int | None]:
+    """(successes it took, the new limit or None if it never changed within 100)."""
+    for n in range(1, 101):
+        new = c.grow(worker)
+        if new is not None:
+            return n, new
+    return 100, None
+
+
+def test_concurrency_halves_once_per_burst_and_grows_one_per_window() -> None:
+    clock = Clock()
+    c = fleet.Concurrency(8, clock=clock)
     assert c.limit("w") == 8
+    assert c.lower("w", 99.0, "rate_limit") == 4
+    # The rest of the burst: attempts that started before the decrease.
+    assert c.lower("w", 99.5, "rate_limit") is None
+    assert c.lower("w", 100.0 - 1e-6, "overloaded") is None
+    assert c.limit("w") == 4
+    # One step per whole window of successes at the current limit, up to --jobs.
+    steps = [grow_until_it_changes(c) for _ in range(4)]
+    assert steps == [(4, 5), (5, 6), (6, 7), (7, 8)]
+    assert grow_until_it_changes(c) == (100, None)
+    assert c.limit("w") == 8
+    assert [(e["limit"], e["why"]) for e in c.log] == [
+        (8, "start"),
+        (4, "rate_limit"),
+        (5, "success"),
+        (6, "success"),
+        (7, "success"),
+        (8, "success"),
+    ]
+    assert c.limits == {"w": 8}
+
+
+def test_concurrency_halves_again_while_failures_outpace_successes_never_below_1() -> None:
+    clock = Clock()
+    c = fleet.Concurrency(8, clock=clock)
+    got = []
+    for _ in range(5):  # each attempt started after the last decrease, none succeeded
+        clock.now += 1
+        got.append(c.lower("w", clock.now - 0.5, "rate_limit"))
+    assert got == [4, 2, 1, None, None]
+    assert c.limit("w") == 1
+    assert c.grow("w") == 2  # a window at 1 is one success
+    one = fleet.Concurrency(1, clock=clock)
+    assert one.lower("w", 0.0, "overloaded") is None and one.limit("w") == 1
+    assert one.log == []
+
+
+def test_a_sporadic_rate_limit_among_successes_holds_the_limit() -> None:
+    clock = Clock()
+    c = fleet.Concurrency(8, clock=clock)
     assert c.lower("w", 0.0, "rate_limit") == 4
-    assert c.lower("w", 0.0, "rate_limit") is None  # started before the decrease
-    for want in (5, 6, 7, 8):
-        assert c.grow("w") == want
-    assert c.grow("w") is None
-    assert [e["limit"] for e in c.log] == [8, 4, 5, 6, 7, 8]
-    assert [e["why"] for e in c.log][:2] == ["start", "rate_limit"]
-    one = fleet.Concurrency(1)
-    assert one.lower("w", 0.0, "overloaded") is None  # never below 1
+    assert grow_until_it_changes(c) == (4, 5)  # 4 successes since the decrease
+    clock.now += 10
+    # At least twice as many successes as failures since the decrease: it holds.
+    assert c.lower("w", clock.now - 1, "rate_limit") is None
+    assert c.lower("w", clock.now - 1, "rate_limit") is None
+    assert c.limit("w") == 5
+    assert c.lower("w", clock.now - 1, "rate_limit") == 2  # 3 failures to 4 successes
+    # The count starts again from the decrease: the next failure halves again.
+    clock.now += 10
+    assert c.lower("w", clock.now - 1, "rate_limit") == 1
+
+
+def test_the_successes_that_excuse_a_rate_limit_are_bounded() -> None:
+    """Many successes at --jobs do not make a later overload tolerated for long: at most
+    the last two windows of successes count."""
+    clock = Clock()
+    c = fleet.Concurrency(4, clock=clock)
+    for _ in range(1000):
+        assert c.grow("w") is None  # at --jobs already
+    held = 0
+    while c.lower("w", clock.now - 1, "overloaded") is None:
+        held += 1
+    assert held == 4  # 2 windows of 4 successes excuse 4 failures: the 5th halves
+    assert c.limit("w") == 2
+
+
+def test_fixed_concurrency_never_changes() -> None:
+    c = fleet.Concurrency(8, fixed=True)
+    for i in range(20):
+        assert c.lower("w", float(i), "rate_limit") is None
+    for _ in range(20):
+        assert c.grow("w") is None
+    assert c.limit("w") == 8 and c.limits == {"w": 8}
+    assert c.log == []
+
+
+def test_workers_have_limits_of_their_own() -> None:
+    c = fleet.Concurrency(6, clock=Clock())
+    assert c.lower("a", 0.0, "rate_limit") == 3
+    assert c.limit("b") == 6
+    assert c.lower("b", 0.0, "overloaded") == 3  # a's decrease is not b's burst
+    assert grow_until_it_changes(c, "a") == (3, 4)
+    assert c.limits == {"a": 4, "b": 3}
 
 
 def test_the_guard_reads_memory_now_and_cpu_over_a_window() -> None:
@@ -282,12 +376,13 @@ def test_auth_stops_the_worker_and_leaves_its_tasks_pending(repo: Path, tmp_path
     assert "stopped: worker command" in summary.stdout and "auth" in summary.stdout
 
 
-def test_concurrency_halves_on_rate_limits_and_grows_back(repo: Path, tmp_path: Path) -> None:
+def burst_spec(repo: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A spec whose tasks A-D all get a 429 at once on their first attempt (each waits
+    until all four have started), then pass; E-G, after them, pass at once."""
     marks = tmp_path / "marks"
     marks.mkdir()
     gate = tmp_path / "gate"
     gate.mkdir()
-    # All four fail at once (each waits until all four have started), once.
     g = shlex.quote(str(gate))
     first = (
         f'touch {g}/"$SPECEXEC_TASK_ID"; '
@@ -295,19 +390,49 @@ def test_concurrency_halves_on_rate_limits_and_grows_back(repo: Path, tmp_path: 
         "echo '429 rate limited, retry-after: 0.2'; exit 1"
     )
     script = tmp_path / "agent.sh"
-    script.write_text("#!/bin/sh\n" + once_then(marks, first) + "\n")
+    script.write_text(
+        "#!/bin/sh\n"
+        'case "$SPECEXEC_TASK_ID" in E|F|G) exit 0 ;; esac\n' + once_then(marks, first) + "\n"
+    )
     script.chmod(0o755)
-    d = spec_of(repo, [task(t, isolation="none") for t in "ABCD"])
+    burst = [task(t, isolation="none") for t in "ABCD"]
+    after = [task(t, isolation="none", blocked_by=list("ABCD")) for t in "EFG"]
+    return spec_of(repo, [*burst, *after]), script
+
+
+def test_concurrency_halves_on_rate_limits_and_grows_back(repo: Path, tmp_path: Path) -> None:
+    d, script = burst_spec(repo, tmp_path)
     proc = run_cli("run", str(d), "--jobs", "4", "--worker", str(script), "--json", cwd=repo)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    log = run_json(d)["concurrency"]
-    limits = [(e["limit"], e["why"]) for e in log]
-    assert limits[0] == (4, "start")
-    assert limits[1] == (2, "rate_limit")  # once for the burst, not four times
-    assert limits[-1] == (4, "success")
-    assert run_json(d)["workers"]["retried"] == 0
+    m = run_json(d)
+    limits = [(e["limit"], e["why"]) for e in m["concurrency"]]
+    # Halved once for the burst of four, not four times; then one step per window of
+    # successes: two at 2 (A-D's second attempts), three at 3 (the other two, then E).
+    assert limits == [(4, "start"), (2, "rate_limit"), (3, "success"), (4, "success")]
+    assert m["workers"]["retried"] == 0 and m["waits"] == 4
     shown = [e for e in events(proc.stdout) if e["event"] == "concurrency"]
-    assert next(e["limit"] for e in shown) == 2
+    assert [e["limit"] for e in shown] == [2, 3, 4]
+
+
+def test_fixed_concurrency_waits_out_rate_limits_at_jobs(repo: Path, tmp_path: Path) -> None:
+    d, script = burst_spec(repo, tmp_path)
+    proc = run_cli(
+        "run",
+        str(d),
+        "--jobs",
+        "4",
+        "--worker",
+        str(script),
+        "--json",
+        "--fixed-concurrency",
+        cwd=repo,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    m = run_json(d)
+    assert m["concurrency"] == []  # the limit never moved
+    assert m["waits"] == 4 and m["workers"]["retried"] == 0  # still waited out, not retried
+    assert {t["status"] for t in read_tasks(d).values()} == {"pass"}
+    assert not [e for e in events(proc.stdout) if e["event"] == "concurrency"]
 
 
 # --------------------------------------------------------------------------- guard, budget

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from conftest import wait_for, wait_until
 from specexec import system
 from specexec.run.processes import (
     _BORN_SLACK_S,
+    ATTEMPT_FOOTER,
     ATTEMPT_HEADER,
     ProcessOutcome,
     _process_clock,
@@ -75,67 +75,113 @@ def run(tmp_path: Path, command: object, groups: list[int], **kw: object) -> Pro
     return run_process(command, on_start=on_start, **kw)  # type: ignore[arg-type]
 
 
+# A grace period no test sits out: a run that returns at all under it was ended by
+# SIGTERM (or by the worker itself), never by waiting for the grace period to pass.
+NEVER_S = 3600.0
+# How long a run given NEVER_S may take before the test calls it a hang (a safety net
+# against hanging the suite, not a speed limit: the runs below take about a second).
+SAFETY_S = 60.0
+
+
+def run_in_thread(
+    tmp_path: Path, command: object, groups: list[int], **kw: object
+) -> tuple[threading.Thread, list[ProcessOutcome]]:
+    """``run`` in a thread of its own: (the thread, a box for its outcome)."""
+    box: list[ProcessOutcome] = []
+    th = threading.Thread(target=lambda: box.append(run(tmp_path, command, groups, **kw)))
+    th.daemon = True  # a failed test must not keep the session open
+    th.start()
+    return th, box
+
+
+def outcome_of(th: threading.Thread, box: list[ProcessOutcome], why: str) -> ProcessOutcome:
+    """The outcome of ``run_in_thread``'s run, failing the test (``why``) on a hang."""
+    th.join(SAFETY_S)
+    assert not th.is_alive() and box, f"run_process did not return: {why}"
+    return box[0]
+
+
+def footer(log: Path) -> str:
+    """specexec's end line of the latest attempt in ``log``."""
+    lines = [line for line in log.read_text().splitlines() if line.startswith(ATTEMPT_FOOTER)]
+    assert lines, log.read_text()
+    return lines[-1]
+
+
 def test_timeout_terms_the_whole_group_and_nothing_survives(
     tmp_path: Path, groups: list[int]
 ) -> None:
-    t0 = time.monotonic()
-    out = run(tmp_path, "sleep 999 & sleep 999", groups, timeout_s=2, grace_s=5)
-    elapsed = time.monotonic() - t0
+    # Nothing here ends on its own and the grace period is never over: only the timeout's
+    # SIGTERM to the whole group can make the run return.
+    th, box = run_in_thread(tmp_path, "sleep 999 & sleep 999", groups, timeout_s=1, grace_s=NEVER_S)
+    out = outcome_of(th, box, "the timeout never fired, or its SIGTERM was not enough")
     assert out.timed_out and not out.cancelled
-    assert elapsed < 2 + 5 + 1
     assert out.returncode == -signal.SIGTERM  # TERM was enough: no grace period sat out
+    assert out.duration_s >= 1  # not before its time
     assert live_in_group(out.pid) == []
-    assert "timed out" in (tmp_path / "task.log").read_text()
+    assert footer(tmp_path / "task.log").startswith(f"{ATTEMPT_FOOTER} timed out after ")
 
 
 def test_a_group_that_ignores_sigterm_is_killed_after_the_grace_period(
     tmp_path: Path, groups: list[int]
 ) -> None:
-    t0 = time.monotonic()
-    out = run(tmp_path, "trap '' TERM; sleep 999 & sleep 999", groups, timeout_s=1, grace_s=1)
-    elapsed = time.monotonic() - t0
-    assert out.timed_out
-    assert 1 + 1 <= elapsed < 1 + 1 + 3  # waited the grace period, then KILL (slack: shared CI)
+    got, release = tmp_path / "got-term", tmp_path / "release"
+    # The background sleep ignores SIGTERM. The leader handles it: it says so, cleans up
+    # once the test lets it (proof that it was left alive after SIGTERM) and goes on
+    # waiting. Only SIGKILL ends either of them.
+    handler = (
+        f"echo term >> {got}; while [ ! -e {release} ]; do sleep 0.02; done; echo cleaned >> {got}"
+    )
+    script = f"trap '' TERM; sleep 999 & trap '{handler}' TERM; while :; do wait; done"
+    th, box = run_in_thread(tmp_path, script, groups, timeout_s=1, grace_s=2)
+    wait_for(lambda: got.exists() or not th.is_alive(), SAFETY_S, "the worker to get SIGTERM")
+    # SIGTERM came first, and the runner gives the group its grace period: still waiting.
+    assert th.is_alive() and live_in_group(groups[0])
+    release.touch()
+    out = outcome_of(th, box, "the group was not killed after its grace period")
+    assert out.timed_out and not out.cancelled
+    assert got.read_text() == "term\ncleaned\n"  # it had the time to clean up, once
+    # Then SIGKILL, which nothing can ignore: the leader died of it, and nothing is left.
     assert out.returncode == -signal.SIGKILL
     assert live_in_group(out.pid) == []
+    assert footer(tmp_path / "task.log").startswith(f"{ATTEMPT_FOOTER} timed out after ")
 
 
 def test_background_leftovers_are_stopped_when_the_leader_exits(
     tmp_path: Path, groups: list[int]
 ) -> None:
-    t0 = time.monotonic()
-    out = run(tmp_path, "sleep 999 & echo started", groups)
-    assert out.returncode == 0 and not out.timed_out
-    assert time.monotonic() - t0 < 3
+    # The leftover never ends on its own and the grace period is never over: the run
+    # returns only if the leftover was stopped by SIGTERM once the leader exited.
+    th, box = run_in_thread(tmp_path, "sleep 999 & echo started", groups, grace_s=NEVER_S)
+    out = outcome_of(th, box, "the leftover was not stopped when the leader exited")
+    assert out.returncode == 0 and not out.timed_out and not out.cancelled
     assert live_in_group(out.pid) == []
     assert "started" in read_log_tail(tmp_path / "task.log")
+    assert footer(tmp_path / "task.log").startswith(f"{ATTEMPT_FOOTER} exit 0 after ")
 
 
 def test_cancel_stops_a_running_worker_promptly(tmp_path: Path, groups: list[int]) -> None:
     cancel = threading.Event()
     started = threading.Event()
-    box: list[ProcessOutcome] = []
-    th = threading.Thread(
-        target=lambda: box.append(
-            run(
-                tmp_path,
-                "sleep 999 & sleep 999",
-                groups,
-                timeout_s=None,
-                cancel=cancel,
-                on_start=lambda pid: started.set(),
-            )
-        )
+    # No timeout, nothing ends on its own, the grace period is never over: only the cancel
+    # event, looked at while the worker runs, and its SIGTERM can make the run return.
+    th, box = run_in_thread(
+        tmp_path,
+        "sleep 999 & sleep 999",
+        groups,
+        timeout_s=None,
+        grace_s=NEVER_S,
+        cancel=cancel,
+        on_start=lambda pid: started.set(),
     )
-    th.start()
-    assert started.wait(10)
-    t0 = time.monotonic()
+    assert started.wait(SAFETY_S)
+    assert th.is_alive() and not box  # running, until cancelled
     cancel.set()
-    th.join(10)
-    assert not th.is_alive()
-    assert time.monotonic() - t0 < 1.5
-    assert box[0].cancelled and not box[0].timed_out
-    assert live_in_group(box[0].pid) == []
+    out = outcome_of(th, box, "the cancel was not acted on while the worker ran")
+    assert out.cancelled and not out.timed_out
+    assert out.returncode == -signal.SIGTERM  # stopped by our TERM, no grace period sat out
+    assert live_in_group(out.pid) == []
+    assert footer(tmp_path / "task.log").startswith(f"{ATTEMPT_FOOTER} cancelled after ")
 
 
 def test_an_already_cancelled_worker_does_not_start(tmp_path: Path, groups: list[int]) -> None:
@@ -183,9 +229,22 @@ def test_prompt_is_given_on_stdin_and_dev_null_otherwise(tmp_path: Path, groups:
     out = run(tmp_path, ["cat"], groups, stdin_path=prompt)
     assert out.returncode == 0
     assert read_log_tail(tmp_path / "task.log") == "# Task Worker: Execute Task T1\n"
-    t0 = time.monotonic()
-    out = run(tmp_path, ["cat"], groups)  # would hang forever on an inherited terminal
-    assert out.returncode == 0 and time.monotonic() - t0 < 5
+    # Without a prompt, stdin is /dev/null, not the runner's own: here a pipe nobody
+    # writes to (pytest's stdin is /dev/null already), on which an inherited cat would
+    # wait until the run's timeout killed it.
+    same = "import os; print(os.path.samestat(os.fstat(0), os.stat(os.devnull)))"
+    r, w = os.pipe()
+    saved = os.dup(0)
+    try:
+        os.dup2(r, 0)
+        out = run(tmp_path, ["cat"], groups)
+        assert out.returncode == 0 and not out.timed_out
+        out = run(tmp_path, [PY, "-c", same], groups)
+        assert out.returncode == 0 and read_log_tail(tmp_path / "task.log") == "True\n"
+    finally:
+        os.dup2(saved, 0)
+        for fd in (saved, r, w):
+            os.close(fd)
 
 
 def test_log_is_private_and_keeps_every_attempt(tmp_path: Path, groups: list[int]) -> None:

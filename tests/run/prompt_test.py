@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
-import time
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +222,34 @@ def _template(spec: Spec, source: str) -> None:
     (spec.dir / "worker_prompt.md.j2").write_text(source)
 
 
+class StepClock:
+    """The prompt module's clock, replaced: each reading advances it by ``step`` seconds.
+    The template reads it at every loop iteration and macro call, so a time budget is
+    used up by the template's own steps, whatever the machine's speed; ``reads`` counts
+    them, and ``on_read(reads)`` runs at each. A template still running after
+    ``MAX_READS`` readings fails the test (rather than run on for hours)."""
+
+    MAX_READS = 100_000
+
+    def __init__(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        step: float,
+        on_read: Callable[[int], None] | None = None,
+    ) -> None:
+        self.step, self.on_read = step, on_read
+        self.now, self.reads = 0.0, 0
+        monkeypatch.setattr(prompt, "time", self)
+
+    def monotonic(self) -> float:
+        self.reads += 1
+        assert self.reads <= self.MAX_READS, "the template ran on past its budget"
+        self.now += self.step
+        if self.on_read is not None:
+            self.on_read(self.reads)
+        return self.now
+
+
 @pytest.mark.parametrize(
     "source",
     [
@@ -237,12 +266,14 @@ def test_a_template_over_its_time_budget_is_refused_naming_it(
     tmp_path: Path, source: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(prompt, "RENDER_BUDGET_S", 0.3)
+    clock = StepClock(monkeypatch, step=0.001)  # the budget is 300 template steps
     spec, task = make(tmp_path / "spec")
     _template(spec, source)
-    started = time.monotonic()
     with pytest.raises(InvalidInput, match=r"worker_prompt\.md\.j2: .*rendering budget of 0\.3 s"):
         render(spec, task)
-    assert time.monotonic() - started < 10
+    # Stopped as the budget ran out, by the clock read at each step: not before, and not
+    # after the rest of its loops (billions of steps).
+    assert 300 <= clock.reads <= 305
 
 
 @pytest.mark.parametrize(
@@ -266,29 +297,43 @@ def test_a_template_over_its_time_budget_is_refused_naming_it(
         '{{ ("x" * 1000000)|replace("x", "yyyyyyyy") }}',
     ],
 )
-def test_a_template_building_too_much_is_refused_quickly(tmp_path: Path, source: str) -> None:
+def test_a_template_building_too_much_is_refused_before_it_is_built(
+    tmp_path: Path, source: str
+) -> None:
     spec, task = make(tmp_path / "spec")
     _template(spec, source)
-    started = time.monotonic()
-    with pytest.raises(InvalidInput, match=r"worker_prompt\.md\.j2: .*budget of 4 Mi characters"):
-        render(spec, task)
-    assert time.monotonic() - started < 5
+    tracemalloc.start()
+    try:
+        with pytest.raises(
+            InvalidInput, match=r"worker_prompt\.md\.j2: .*budget of 4 Mi characters"
+        ):
+            render(spec, task)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # Refused before the gigabytes (10**9 characters, a string doubled 64 times) were
+    # allocated: at most a few times the budget (a list of 8 Mi items is 64 MiB) was.
+    assert peak < 32 * prompt.PROMPT_MAX_CHARS, f"{peak / 2**20:.0f} MiB allocated"
 
 
-def test_rendering_stops_when_cancelled(tmp_path: Path) -> None:
+def test_rendering_stops_when_cancelled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The run's cancel event (Ctrl-C, SIGTERM) is looked at as the template runs."""
     spec, task = make(tmp_path / "spec")
     _template(spec, NESTED)
     cancel = threading.Event()
-    timer = threading.Timer(0.2, cancel.set)
-    timer.start()
-    started = time.monotonic()
-    try:
-        with pytest.raises(RenderCancelled):
-            render(spec, task, cancel=cancel)
-    finally:
-        timer.cancel()
-    assert time.monotonic() - started < prompt.RENDER_BUDGET_S
+
+    def interrupt(reads: int) -> None:
+        if reads == 100:  # 100 steps into the loops, another thread sets the event
+            setter = threading.Thread(target=cancel.set)
+            setter.start()
+            setter.join()
+
+    # The time budget (5 s) is 5000 steps: far from used up when the event is set.
+    clock = StepClock(monkeypatch, step=0.001, on_read=interrupt)
+    with pytest.raises(RenderCancelled):
+        render(spec, task, cancel=cancel)
+    assert cancel.is_set()
+    assert clock.reads <= 101  # stopped at the next step after the event was set
 
 
 def test_templates_within_budget_render_as_before(tmp_path: Path) -> None:

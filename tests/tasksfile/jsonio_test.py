@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import os
-import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -123,14 +123,12 @@ def test_depth_limit_is_exact() -> None:
 
 
 @pytest.mark.parametrize("opener", ["[", '{"k":'])
-def test_nesting_100000_deep_fails_fast_without_recursion_error(opener: str) -> None:
+def test_nesting_100000_deep_is_refused_at_level_65_without_recursion_error(opener: str) -> None:
     closer = "]" if opener == "[" else "}"
     text = opener * 100_000 + "1" + closer * 100_000
-    start = time.perf_counter()
+    # Refused (not a RecursionError, not a crash) and located at the 65th opener.
     msg = _error(text)
-    elapsed = time.perf_counter() - start
     assert msg == f"specs/x/tasks.json:1:{64 * len(opener) + 1}: nesting deeper than 64 levels"
-    assert elapsed < 1.0
 
 
 def test_invalid_utf8_reports_line_and_column() -> None:
@@ -152,10 +150,15 @@ def test_load_file_refuses_a_file_over_the_cap_before_reading_it(tmp_path: Path)
     big = tmp_path / "tasks.json"
     with big.open("wb") as f:
         f.truncate(100 * 1024 * 1024)  # sparse: instant, no disk used
-    start = time.perf_counter()
-    with pytest.raises(InvalidInput) as info:
-        jsonio.load_file(big)
-    assert time.perf_counter() - start < 1.0
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidInput) as info:
+            jsonio.load_file(big)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # Not read: not even up to the cap (reading it in chunks would hold 8 MiB).
+    assert peak < jsonio.MAX_BYTES // 2, f"{peak / 2**20:.1f} MiB allocated"
     assert (
         str(info.value)
         == f"{big}: the file is 100 MiB (104,857,600 bytes), larger than the 8 MiB (8,388,608 bytes) limit"

@@ -1,4 +1,5 @@
-"""The run lock: one runner per spec folder, dead holders detected, crashed runs recovered."""
+"""The run lock: one runner per spec folder, dead holders detected, crashed runs recovered;
+and SpecNameClaim: one spec folder per spec name and repository, while a run holds it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -18,10 +20,10 @@ import psutil
 import pytest
 from conftest import PY, read_tasks, task, write_spec
 
-from specexec.errors import Busy
+from specexec.errors import Busy, InvalidInput
 from specexec.run.recovery import recover_in_progress
 from specexec.tasksfile.events import EventLog, read_events
-from specexec.tasksfile.runlock import RunLock
+from specexec.tasksfile.runlock import RunLock, SpecNameClaim
 from specexec.tasksfile.store import TasksStore
 
 HOLDER = """
@@ -258,3 +260,60 @@ def test_recovery_puts_tasks_of_a_dead_run_back_to_pending(tmp_path: Path) -> No
         ("T4", "in_progress", "pending", "r2"),
     ]
     assert recovered[0]["attempt"] == 2 and "gone" in recovered[0]["reason"]
+
+
+# --- SpecNameClaim ---------------------------------------------------------------------
+
+
+def test_a_second_folder_is_refused_naming_both_and_the_same_folder_is_not(
+    tmp_path: Path,
+) -> None:
+    common = tmp_path / ".git"
+    common.mkdir()
+    a, b = tmp_path / "specs" / "auth", tmp_path / "legacy" / "auth"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    with SpecNameClaim(a, "auth", common):
+        SpecNameClaim(a, "auth", common).check()  # the same folder: the run lock decides
+        with pytest.raises(InvalidInput) as info:
+            SpecNameClaim(b, "auth", common).check()
+        assert str(a) in str(info.value.problems) and str(b) in str(info.value.problems)
+        with pytest.raises(InvalidInput):
+            SpecNameClaim(b, "auth", common).acquire()
+        SpecNameClaim(b, "other", common).check()  # another name is free
+    # Released: free for the other folder now.
+    with SpecNameClaim(b, "auth", common):
+        pass
+
+
+def test_a_claim_dies_with_its_holder_whatever_it_left_in_the_file(tmp_path: Path) -> None:
+    """The kernel drops the flock of a killed holder: its folder, still in the file,
+    claims nothing."""
+    common = tmp_path / ".git"
+    common.mkdir()
+    a, b = tmp_path / "a" / "auth", tmp_path / "b" / "auth"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    code = textwrap.dedent(
+        f"""
+        import os, sys
+        from pathlib import Path
+        from specexec.tasksfile.runlock import SpecNameClaim
+        claim = SpecNameClaim(Path({str(a)!r}), "auth", Path({str(common)!r}))
+        claim.acquire()
+        print("held", flush=True)
+        sys.stdin.read()
+        os._exit(9)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+    with pytest.raises(InvalidInput):
+        SpecNameClaim(b, "auth", common).check()
+    proc.kill()
+    proc.wait()
+    assert str(a) in (common / "specexec" / "specs" / "auth.lock").read_text()
+    with SpecNameClaim(b, "auth", common):
+        pass

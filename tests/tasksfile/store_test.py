@@ -13,16 +13,18 @@ import tempfile
 import textwrap
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PY, env_int, read_tasks, task, write_spec
+from conftest import PY, env_int, read_tasks, task, wait_for, write_spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from specexec.errors import InvalidInput, UnsafePath
 from specexec.tasksfile import jsonio
+from specexec.tasksfile import store as store_module
 from specexec.tasksfile.store import DELETE, CoalescingWriter, TasksStore, set_fields
 
 
@@ -476,7 +478,7 @@ DEEP = b"[" * 100_000 + b"]" * 100_000
     ],
     ids=["truncated", "duplicate", "nan", "deep", "utf8", "100MB"],
 )
-def test_bad_files_are_refused_quickly_and_left_unchanged(
+def test_bad_files_are_refused_without_reading_a_huge_one_and_left_unchanged(
     tmp_path: Path, content: bytes | None, message: str
 ) -> None:
     spec = tmp_path / "spec"
@@ -488,13 +490,17 @@ def test_bad_files_are_refused_quickly_and_left_unchanged(
     else:
         path.write_bytes(content)
     before = path.stat()
-    start = time.perf_counter()
-    with pytest.raises(InvalidInput) as info:
-        TasksStore(spec).update(tasks={"T1": {"status": "pass"}})
-    elapsed = time.perf_counter() - start
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidInput) as info:
+            TasksStore(spec).update(tasks={"T1": {"status": "pass"}})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     assert str(info.value).startswith(f"{path}:")
     assert message in str(info.value)
-    assert elapsed < 1.0
+    # The 100 MiB file is refused by its size, unread (not even up to the 8 MiB cap).
+    assert peak < jsonio.MAX_BYTES // 2, f"{peak / 2**20:.1f} MiB allocated"
     after = path.stat()
     assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
         before.st_ino,
@@ -554,47 +560,113 @@ def test_stale_temp_files_are_removed_fresh_ones_kept(tmp_path: Path) -> None:
 # -- coalescing writer ------------------------------------------------------------------------
 
 
-def test_a_simulated_run_is_coalesced_into_few_writes(tmp_path: Path) -> None:
-    n_tasks, interval = 1000, 0.25
+class ManualClock:
+    """store.py's clock, replaced: it stands still until the test moves it, so when the
+    writer writes follows from its rule alone, not from the machine's speed. ``seen`` is
+    the latest time the writer's thread (any thread but the test's) read."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 1000.0
+        self.seen = float("-inf")
+        self._test_thread = threading.current_thread()
+        monkeypatch.setattr(store_module, "time", self)
+
+    def monotonic(self) -> float:
+        now = self.now
+        if threading.current_thread() is not self._test_thread:
+            self.seen = max(self.seen, now)
+        return now
+
+    def time(self) -> float:  # file ages (stale temp files) stay on the real clock
+        return time.time()
+
+    def move_to(self, now: float) -> None:
+        """Move the clock; return once the writer (which has changes pending) has looked
+        at it: had it a reason to write at ``now``, it is writing."""
+        self.now = now
+        wait_for(lambda: self.seen >= now, 30, f"the writer to look at the clock at {now}")
+
+
+def record_writes(
+    monkeypatch: pytest.MonkeyPatch, store: TasksStore, clock: ManualClock
+) -> list[float]:
+    """The clock's time at each write of ``store`` (each ``apply``), as they happen."""
+    at: list[float] = []
+    apply = store.apply
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        at.append(clock.now)
+        return apply(*args, **kwargs)
+
+    monkeypatch.setattr(store, "apply", recorded)
+    return at
+
+
+def test_a_simulated_run_is_coalesced_into_few_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    n_tasks, phases, interval = 1000, 4, 0.125  # (binary fractions: exact clock sums)
     spec = _spec(tmp_path, n=n_tasks)
     store = TasksStore(spec)
+    clock = ManualClock(monkeypatch)
+    at = record_writes(monkeypatch, store, clock)
+    start = clock.now
+    per_half = n_tasks // phases // 2
     transitions = 0
-    start = time.monotonic()
-    with CoalescingWriter(store, interval=interval) as writer:
-        for i in range(1, n_tasks + 1):
+
+    def run_tasks(writer: CoalescingWriter, first: int) -> None:
+        nonlocal transitions
+        for i in range(first, first + per_half):
             tid = f"T{i}"
             writer.set(tid, status="in_progress", attempts=1, started_at="2025-01-01T00:00:00Z")
             writer.set(tid, attempts=2, blocker="attempt 1 timed out; retrying")
             writer.set(tid, status="pass", blocker=DELETE, duration_minutes=0.5)
             transitions += 3
-            if i % 5 == 0:
-                time.sleep(0.01)  # the simulated run takes time: ~2 s in all
-        during = writer.writes
-    elapsed = time.monotonic() - start
+
+    with CoalescingWriter(store, interval=interval) as writer:
+        for phase in range(phases):
+            # One interval of the run: transitions at its start, half of it passes (the
+            # writer looks: too soon), more transitions, the rest of it passes...
+            run_tasks(writer, 2 * phase * per_half + 1)
+            clock.move_to(start + (phase + 0.5) * interval)
+            run_tasks(writer, (2 * phase + 1) * per_half + 1)
+            clock.move_to(start + (phase + 1) * interval)
+            # ...and all of them are written, in one write, while the run goes on.
+            done = phase + 1
+            wait_for(lambda: writer.writes >= done, 30, f"write {done}")  # noqa: B023
+        assert not writer.pending
     assert transitions == 3000
-    assert writer.writes <= int(elapsed / interval) + 2  # one per interval, plus the final
-    assert during >= 2  # it wrote while running, not only at the end
+    # One write per interval, each as its interval ran out (none early, none late), and
+    # nothing left for the end.
+    assert writer.writes == phases
+    assert at == [start + k * interval for k in range(1, phases + 1)]
     tasks = read_tasks(spec)
     assert all(
         t["status"] == "pass" and t["attempts"] == 2 and "blocker" not in t for t in tasks.values()
     )
-    print(
-        f"\n{transitions} transitions of {n_tasks} tasks in {elapsed:.2f} s -> "
-        f"{writer.writes} writes of tasks.json (interval {interval} s)"
-    )
 
 
-def test_a_change_is_written_within_a_bounded_delay(tmp_path: Path) -> None:
+def test_a_change_is_written_within_a_bounded_delay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = _spec(tmp_path)
-    with CoalescingWriter(TasksStore(spec), interval=0.1) as writer:
-        start = time.monotonic()
+    store = TasksStore(spec)
+    clock = ManualClock(monkeypatch)
+    at = record_writes(monkeypatch, store, clock)
+    made = clock.now
+    with CoalescingWriter(store, interval=0.125) as writer:
         writer.set("T1", status="in_progress")
-        while read_tasks(spec)["T1"]["status"] != "in_progress":
-            assert time.monotonic() - start < 2.0, "not written in time"
-            time.sleep(0.005)
-        latency = time.monotonic() - start
-    assert latency < 1.0
+        clock.move_to(made + 0.0625)  # the writer looked: not due yet
+        writer.set("T2", status="in_progress")  # (joins T1's write, had it not been made)
+        # Due once the interval since the first change is over: written by the writer
+        # on its own (no flush, no further change, no close).
+        clock.move_to(made + 0.125)
+        wait_for(lambda: writer.writes >= 1, 30, "the changes to be written")
+        assert not writer.pending
+        tasks = read_tasks(spec)
+        assert tasks["T1"]["status"] == tasks["T2"]["status"] == "in_progress"
     assert writer.writes == 1
+    assert at == [made + 0.125]
 
 
 def test_writer_is_thread_safe_and_later_changes_win(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """The gemini plugin's ``unwrap`` on output the real Gemini CLI 0.61.0 printed against the
 scripted model (tests/conformance, FINDINGS_gemini.md): stdout and stderr land in one log,
-in either order. Only the temporary folder names were shortened to /tmp/sample."""
+in either order. Only the temporary folder names were shortened to /tmp/sample; the
+samples below are rebuilt from their parts, byte for byte what the CLI printed."""
 
 from __future__ import annotations
 
@@ -14,444 +15,240 @@ from specexec.run.processes import ATTEMPT_FOOTER, ATTEMPT_HEADER
 from specexec.workers.gemini import AGENT, unwrap
 from specexec.workers.result import WorkerResult, parse_result
 
-# fmt: off
-SUCCESS_STDOUT = r"""{
-  "session_id": "01026fc0-de19-4b70-9469-95b09b7c7566",
-  "response": "Done.\n\n```json\n{\"status\": \"pass\", \"files_created\": [\"hello.txt\"]}\n```\n",
-  "stats": {
-    "models": {
-      "gemini-3.5-flash-lite": {
-        "api": {
-          "totalRequests": 1,
-          "totalErrors": 0,
-          "totalLatencyMs": 109,
-          "errorsByType": {}
-        },
-        "tokens": {
-          "input": 50,
-          "prompt": 100,
-          "candidates": 10,
-          "total": 115,
-          "cached": 50,
-          "thoughts": 5,
-          "tool": 0
-        },
-        "roles": {
-          "utility_router": {
-            "totalRequests": 1,
-            "totalErrors": 0,
-            "totalLatencyMs": 109,
-            "tokens": {
-              "input": 50,
-              "prompt": 100,
-              "candidates": 10,
-              "total": 115,
-              "cached": 50,
-              "thoughts": 5,
-              "tool": 0
-            }
-          }
-        }
-      },
-      "gemini-3.8-flash": {
-        "api": {
-          "totalRequests": 2,
-          "totalErrors": 0,
-          "totalLatencyMs": 754,
-          "errorsByType": {}
-        },
-        "tokens": {
-          "input": 11179,
-          "prompt": 22358,
-          "candidates": 20,
-          "total": 22388,
-          "cached": 11179,
-          "thoughts": 10,
-          "tool": 0
-        },
-        "roles": {
-          "main": {
-            "totalRequests": 2,
-            "totalErrors": 0,
-            "totalLatencyMs": 754,
-            "tokens": {
-              "input": 11179,
-              "prompt": 22358,
-              "candidates": 20,
-              "total": 22388,
-              "cached": 11179,
-              "thoughts": 10,
-              "tool": 0
-            }
-          }
-        }
-      }
-    },
-    "tools": {
-      "totalCalls": 1,
-      "totalSuccess": 1,
-      "totalFail": 0,
-      "totalDurationMs": 102,
-      "totalDecisions": {
-        "accept": 1,
-        "reject": 0,
-        "modify": 0,
-        "auto_accept": 0
-      },
-      "byName": {
-        "write_file": {
-          "count": 1,
-          "success": 1,
-          "fail": 0,
-          "durationMs": 102,
-          "decisions": {
-            "accept": 1,
-            "reject": 0,
-            "modify": 0,
-            "auto_accept": 0
-          }
-        }
-      }
-    },
-    "files": {
-      "totalLinesAdded": 1,
-      "totalLinesRemoved": 0
+# The CLI prints its JSON with ``JSON.stringify(obj, null, 2)``: json.dumps(indent=2) to the
+# byte for this ASCII output.
+
+
+def tokens(prompt: int, cached: int, candidates: int, thoughts: int) -> dict[str, int]:
+    """A model's ``tokens`` stats: ``input`` is the uncached part of ``prompt``."""
+    return {
+        "input": prompt - cached,
+        "prompt": prompt,
+        "candidates": candidates,
+        "total": prompt + candidates + thoughts,
+        "cached": cached,
+        "thoughts": thoughts,
+        "tool": 0,
     }
-  }
-}"""
 
-SUCCESS_STDERR = r"""Warning: Basic terminal detected (TERM=dumb). Visual rendering will be limited. For the best experience, use a terminal emulator with truecolor support.
-Warning: 256-color support not detected. Using a terminal with at least 256-color support is recommended for a better visual experience.
-Ripgrep is not available. Falling back to GrepTool.
-"""
 
-MODELFAIL_STDOUT = r"""{
-  "session_id": "2b59a124-775d-4341-a999-b9c9408fa66b",
-  "response": "Done.\n\n```json\n{\"status\": \"fail\", \"blocker\": \"tests fail\"}\n```\n",
-  "stats": {
-    "models": {
-      "gemini-3.5-flash-lite": {
-        "api": {
-          "totalRequests": 1,
-          "totalErrors": 0,
-          "totalLatencyMs": 164,
-          "errorsByType": {}
-        },
-        "tokens": {
-          "input": 50,
-          "prompt": 100,
-          "candidates": 10,
-          "total": 115,
-          "cached": 50,
-          "thoughts": 5,
-          "tool": 0
-        },
-        "roles": {
-          "utility_router": {
-            "totalRequests": 1,
-            "totalErrors": 0,
-            "totalLatencyMs": 164,
-            "tokens": {
-              "input": 50,
-              "prompt": 100,
-              "candidates": 10,
-              "total": 115,
-              "cached": 50,
-              "thoughts": 5,
-              "tool": 0
-            }
-          }
-        }
-      },
-      "gemini-3.8-flash": {
-        "api": {
-          "totalRequests": 2,
-          "totalErrors": 0,
-          "totalLatencyMs": 580,
-          "errorsByType": {}
-        },
-        "tokens": {
-          "input": 11179,
-          "prompt": 22356,
-          "candidates": 20,
-          "total": 22386,
-          "cached": 11177,
-          "thoughts": 10,
-          "tool": 0
-        },
-        "roles": {
-          "main": {
-            "totalRequests": 2,
-            "totalErrors": 0,
-            "totalLatencyMs": 580,
-            "tokens": {
-              "input": 11179,
-              "prompt": 22356,
-              "candidates": 20,
-              "total": 22386,
-              "cached": 11177,
-              "thoughts": 10,
-              "tool": 0
-            }
-          }
-        }
-      }
-    },
-    "tools": {
-      "totalCalls": 1,
-      "totalSuccess": 1,
-      "totalFail": 0,
-      "totalDurationMs": 127,
-      "totalDecisions": {
-        "accept": 1,
-        "reject": 0,
-        "modify": 0,
-        "auto_accept": 0
-      },
-      "byName": {
-        "write_file": {
-          "count": 1,
-          "success": 1,
-          "fail": 0,
-          "durationMs": 127,
-          "decisions": {
-            "accept": 1,
-            "reject": 0,
-            "modify": 0,
-            "auto_accept": 0
-          }
-        }
-      }
-    },
-    "files": {
-      "totalLinesAdded": 1,
-      "totalLinesRemoved": 0
+def model_stats(role: str, requests: int, latency_ms: int, toks: dict[str, int]) -> dict[str, Any]:
+    """One model's entry in ``stats.models``: all its calls made in ``role``."""
+    calls = {"totalRequests": requests, "totalErrors": 0, "totalLatencyMs": latency_ms}
+    return {
+        "api": {**calls, "errorsByType": {}},
+        "tokens": toks,
+        "roles": {role: {**calls, "tokens": toks}},
     }
-  }
-}"""
 
-E401_STDERR = r"""Warning: Basic terminal detected (TERM=dumb). Visual rendering will be limited. For the best experience, use a terminal emulator with truecolor support.
-Warning: 256-color support not detected. Using a terminal with at least 256-color support is recommended for a better visual experience.
-Ripgrep is not available. Falling back to GrepTool.
-Error generating content via API. Full report available at: /tmp/sample/home/tmp/gemini-client-error-generateJson-api-2026-12-01T22-20-30-438Z.json _ApiError: {"error":{"code":401,"message":"API key not valid.","status":"UNAUTHENTICATED"}}
-    at throwErrorIfNotOK (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:267833:24)
-    at process.processTicksAndRejections (node:internal/process/task_queues:95:5)
-    at async file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:267584:7
-    at async Models.generateContent (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:268643:16)
-    at async file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:311412:26
-    at async file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:288018:23
-    at async retryWithBackoff (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:308039:23)
-    at async BaseLlmClient._generateWithRetry (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:308334:14)
-    at async BaseLlmClient.generateJson (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:308227:21)
-    at async NumericalClassifierStrategy.route (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:360170:28) {
+
+def cli_stdout(
+    session_id: str,
+    response: str,
+    *,
+    router_ms: int,
+    main_ms: int,
+    prompt: int,
+    cached: int,
+    write_ms: int,
+    write_ok: bool = True,
+) -> str:
+    """What ``gemini --output-format json`` printed for a one-line write_file: the router's
+    classifier call, two calls of the chat model, the tool's stats."""
+    ok, fail = int(write_ok), int(not write_ok)
+    decisions = {"accept": ok, "reject": 0, "modify": 0, "auto_accept": 0}
+    write_file = {"count": 1, "success": ok, "fail": fail, "durationMs": write_ms}
+    tools = {"totalCalls": 1, "totalSuccess": ok, "totalFail": fail, "totalDurationMs": write_ms}
+    stats = {
+        "models": {
+            "gemini-3.5-flash-lite": model_stats(
+                "utility_router", 1, router_ms, tokens(100, 50, 10, 5)
+            ),
+            "gemini-3.8-flash": model_stats("main", 2, main_ms, tokens(prompt, cached, 20, 10)),
+        },
+        "tools": {
+            **tools,
+            "totalDecisions": decisions,
+            "byName": {"write_file": {**write_file, "decisions": decisions}},
+        },
+        "files": {"totalLinesAdded": ok, "totalLinesRemoved": 0},
+    }
+    return json.dumps({"session_id": session_id, "response": response, "stats": stats}, indent=2)
+
+
+def answer(result: dict[str, Any]) -> str:
+    """The model's final text: a result block."""
+    return f"Done.\n\n```json\n{json.dumps(result)}\n```\n"
+
+
+def cli_error(session_id: str, message: str, code: int, *, indent: int | None = 2) -> str:
+    """The JSON object the CLI prints last when it gives up."""
+    obj = {"session_id": session_id, "error": {"type": "Error", "message": message, "code": code}}
+    return json.dumps(obj, indent=indent)
+
+
+# The lines the CLI starts its stderr with (TERM=dumb, no ripgrep).
+STDERR_HEAD = (
+    "Warning: Basic terminal detected (TERM=dumb). Visual rendering will be limited. For the best experience, use a terminal emulator with truecolor support.\n"
+    "Warning: 256-color support not detected. Using a terminal with at least 256-color support is recommended for a better visual experience.\n"
+    "Ripgrep is not available. Falling back to GrepTool.\n"
+)
+BUNDLE = "file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle"
+
+
+def frames(text: str) -> str:
+    """Node stack frames; ``chunk:`` and ``main:`` stand for the bundle's two files."""
+    text = text.replace("chunk:", f"{BUNDLE}/chunk-JDPZ4CE3.js:")
+    return text.replace("main:", f"{BUNDLE}/gemini-3HFX2LNT.js:")
+
+
+TICKS = "process.processTicksAndRejections (node:internal/process/task_queues:95:5)"
+
+
+def api_frames(call: str, at1: str, at2: str, callers: str) -> str:
+    """The frames of a failed API call: from the fetch up to ``retryWithBackoff``, then
+    ``callers``."""
+    return frames(f"""    at throwErrorIfNotOK (chunk:267833:24)
+    at {TICKS}
+    at async chunk:{at1}
+    at async Models.{call}
+    at async chunk:{at2}
+    at async chunk:288018:23
+    at async retryWithBackoff (chunk:308039:23)
+{callers}""")
+
+
+# The chat model's streamed call, failed: the frames up to Turn.run.
+STREAM_FRAMES = api_frames(
+    "generateContentStream (chunk:268692:16)",
+    "267596:7",
+    "311457:19",
+    """    at async GeminiChat.makeApiCallAndProcessStream (chunk:332326:28)
+    at async GeminiChat.streamWithRetries (chunk:332079:29)
+    at async Turn.run (chunk:333001:24)""",
+)
+# Where the chat model's turn began.
+TURN_FRAMES = frames("""    at async GeminiClient.sendMessageStream (chunk:346772:14)
+    at async main:12198:26
+    at async main (main:17627:5)""")
+REPORT = "Full report available at: /tmp/sample/home/tmp/gemini-client-error-"
+E401_BODY = '{"error":{"code":401,"message":"API key not valid.","status":"UNAUTHENTICATED"}}'
+E500_BODY = '{"error":{"code":500,"message":"internal","status":"INTERNAL"}}'
+
+SUCCESS_STDOUT = cli_stdout(
+    "01026fc0-de19-4b70-9469-95b09b7c7566",
+    answer({"status": "pass", "files_created": ["hello.txt"]}),
+    router_ms=109,
+    main_ms=754,
+    prompt=22358,
+    cached=11179,
+    write_ms=102,
+)
+
+SUCCESS_STDERR = STDERR_HEAD
+
+MODELFAIL_STDOUT = cli_stdout(
+    "2b59a124-775d-4341-a999-b9c9408fa66b",
+    answer({"status": "fail", "blocker": "tests fail"}),
+    router_ms=164,
+    main_ms=580,
+    prompt=22356,
+    cached=11177,
+    write_ms=127,
+)
+
+# The router's classifier call fails, then the chat model's: two reports, one error.
+E401_STDERR = (
+    STDERR_HEAD
+    + f"Error generating content via API. {REPORT}generateJson-api-2026-12-01T22-20-30-438Z.json _ApiError: {E401_BODY}\n"
+    + api_frames(
+        "generateContent (chunk:268643:16)",
+        "267584:7",
+        "311412:26",
+        """    at async BaseLlmClient._generateWithRetry (chunk:308334:14)
+    at async BaseLlmClient.generateJson (chunk:308227:21)
+    at async NumericalClassifierStrategy.route (chunk:360170:28) {
   status: 401
 }
-[Routing] NumericalClassifierStrategy failed: Error: Failed to generate content: {"error":{"code":401,"message":"API key not valid.","status":"UNAUTHENTICATED"}}
-    at BaseLlmClient._generateWithRetry (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:308364:13)
-    at async BaseLlmClient.generateJson (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:308227:21)
-    at async NumericalClassifierStrategy.route (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:360170:28)
-    at async CompositeStrategy.route (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:360242:26)
-    at async ModelRouterService.route (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:360406:18)
-    at async GeminiClient.processTurn (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:346653:24)
-    at async GeminiClient.sendMessageStream (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:346772:14)
-    at async file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/gemini-3HFX2LNT.js:12198:26
-    at async main (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/gemini-3HFX2LNT.js:17627:5)
-Error when talking to Gemini API Full report available at: /tmp/sample/home/tmp/gemini-client-error-Turn.run-sendMessageStream-2026-12-01T22-20-30-741Z.json _ApiError: {"error":{"code":401,"message":"API key not valid.","status":"UNAUTHENTICATED"}}
-    at throwErrorIfNotOK (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:267833:24)
-    at process.processTicksAndRejections (node:internal/process/task_queues:95:5)
-    at async file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:267596:7
-    at async Models.generateContentStream (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:268692:16)
-    at async file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:311457:19
-    at async file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:288018:23
-    at async retryWithBackoff (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:308039:23)
-    at async GeminiChat.makeApiCallAndProcessStream (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:332326:28)
-    at async GeminiChat.streamWithRetries (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:332079:29)
-    at async Turn.run (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:333001:24) {
-  status: 401
-}
-{
-  "session_id": "8d4abf15-4ff9-4860-8b2e-bdbcbaf72115",
-  "error": {
-    "type": "Error",
-    "message": "{\"error\":{\"code\":401,\"message\":\"API key not valid.\",\"status\":\"UNAUTHENTICATED\"}}",
-    "code": 401
-  }
-}
-"""
+""",
+    )
+    + f"[Routing] NumericalClassifierStrategy failed: Error: Failed to generate content: {E401_BODY}\n"
+    + frames("""    at BaseLlmClient._generateWithRetry (chunk:308364:13)
+    at async BaseLlmClient.generateJson (chunk:308227:21)
+    at async NumericalClassifierStrategy.route (chunk:360170:28)
+    at async CompositeStrategy.route (chunk:360242:26)
+    at async ModelRouterService.route (chunk:360406:18)
+    at async GeminiClient.processTurn (chunk:346653:24)
+""")
+    + TURN_FRAMES
+    + f"\nError when talking to Gemini API {REPORT}Turn.run-sendMessageStream-2026-12-01T22-20-30-741Z.json _ApiError: {E401_BODY}\n"
+    + STREAM_FRAMES
+    + " {\n  status: 401\n}\n"
+    + cli_error("8d4abf15-4ff9-4860-8b2e-bdbcbaf72115", E401_BODY, 401)
+    + "\n"
+)
 
-E429_STDERR = r"""Warning: Basic terminal detected (TERM=dumb). Visual rendering will be limited. For the best experience, use a terminal emulator with truecolor support.
-Warning: 256-color support not detected. Using a terminal with at least 256-color support is recommended for a better visual experience.
-Ripgrep is not available. Falling back to GrepTool.
-Attempt 1 failed: Resource exhausted.. Max attempts reached
-Error when talking to Gemini API Full report available at: /tmp/sample/home/tmp/gemini-client-error-Turn.run-sendMessageStream-2026-12-01T22-20-37-429Z.json RetryableQuotaError: Resource exhausted.
-    at classifyGoogleError (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:307333:14)
-    at retryWithBackoff (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:308062:29)
-    at process.processTicksAndRejections (node:internal/process/task_queues:95:5)
-    at async GeminiChat.makeApiCallAndProcessStream (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:332326:28)
-    at async GeminiChat.streamWithRetries (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:332079:29)
-    at async Turn.run (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:333001:24)
-    at async GeminiClient.processTurn (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:346675:22)
-    at async GeminiClient.sendMessageStream (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:346772:14)
-    at async file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/gemini-3HFX2LNT.js:12198:26
-    at async main (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/gemini-3HFX2LNT.js:17627:5) {
+E429_STDERR = (
+    STDERR_HEAD
+    + "Attempt 1 failed: Resource exhausted.. Max attempts reached\n"
+    + f"Error when talking to Gemini API {REPORT}Turn.run-sendMessageStream-2026-12-01T22-20-37-429Z.json RetryableQuotaError: Resource exhausted.\n"
+    + frames(f"""    at classifyGoogleError (chunk:307333:14)
+    at retryWithBackoff (chunk:308062:29)
+    at {TICKS}
+    at async GeminiChat.makeApiCallAndProcessStream (chunk:332326:28)
+    at async GeminiChat.streamWithRetries (chunk:332079:29)
+    at async Turn.run (chunk:333001:24)
+    at async GeminiClient.processTurn (chunk:346675:22)
+""")
+    + TURN_FRAMES
+    + """ {
   cause: { code: 429, message: 'Resource exhausted.', details: [] },
   retryDelayMs: undefined,
   status: 429
 }
-{
-  "session_id": "3f7a11ab-9e50-4e5c-a646-a8b6a75769e5",
-  "error": {
-    "type": "Error",
-    "message": "Resource exhausted.",
-    "code": 429
-  }
-}
 """
+    + cli_error("3f7a11ab-9e50-4e5c-a646-a8b6a75769e5", "Resource exhausted.", 429)
+    + "\n"
+)
 
-E500_STDERR = r"""Warning: Basic terminal detected (TERM=dumb). Visual rendering will be limited. For the best experience, use a terminal emulator with truecolor support.
-Warning: 256-color support not detected. Using a terminal with at least 256-color support is recommended for a better visual experience.
-Ripgrep is not available. Falling back to GrepTool.
-Attempt 1 failed: {"error":{"code":500,"message":"internal","status":"INTERNAL"}}. Max attempts reached
-Error when talking to Gemini API Full report available at: /tmp/sample/home/tmp/gemini-client-error-Turn.run-sendMessageStream-2026-12-01T22-20-43-893Z.json _ApiError: {"error":{"code":500,"message":"internal","status":"INTERNAL"}}
-    at throwErrorIfNotOK (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:267833:24)
-    at process.processTicksAndRejections (node:internal/process/task_queues:95:5)
-    at async file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:267596:7
-    at async Models.generateContentStream (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:268692:16)
-    at async file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:311457:19
-    at async file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:288018:23
-    at async retryWithBackoff (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:308039:23)
-    at async GeminiChat.makeApiCallAndProcessStream (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:332326:28)
-    at async GeminiChat.streamWithRetries (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:332079:29)
-    at async Turn.run (file:///root/.cache/specexec/agents/npm/node_modules/@google/gemini-cli/bundle/chunk-JDPZ4CE3.js:333001:24) {
-  status: 500
-}
-{
-  "session_id": "23ac74e9-5c18-416d-aab3-29bdcc9993e7",
-  "error": {
-    "type": "Error",
-    "message": "{\"error\":{\"code\":500,\"message\":\"internal\",\"status\":\"INTERNAL\"}}",
-    "code": 500
-  }
-}
-"""
+E500_STDERR = (
+    STDERR_HEAD
+    + f"Attempt 1 failed: {E500_BODY}. Max attempts reached\n"
+    + f"Error when talking to Gemini API {REPORT}Turn.run-sendMessageStream-2026-12-01T22-20-43-893Z.json _ApiError: {E500_BODY}\n"
+    + STREAM_FRAMES
+    + " {\n  status: 500\n}\n"
+    + cli_error("23ac74e9-5c18-416d-aab3-29bdcc9993e7", E500_BODY, 500)
+    + "\n"
+)
 
-OUTSIDE_STDOUT = r"""{
-  "session_id": "d7540b05-8158-40db-b01d-192ac510d12c",
-  "response": "Done.\n\n```json\n{\"status\": \"fail\", \"blocker\": \"Path not in workspace: Attempted path \\\"/tmp/sample/outside.txt\\\" resolves outside the allowed workspace directories: /tmp/sample/worktree or the project temp directory: /tmp/sample/home/.gemini/tmp/worktree\"}\n```\n",
-  "stats": {
-    "models": {
-      "gemini-3.5-flash-lite": {
-        "api": {
-          "totalRequests": 1,
-          "totalErrors": 0,
-          "totalLatencyMs": 56,
-          "errorsByType": {}
-        },
-        "tokens": {
-          "input": 50,
-          "prompt": 100,
-          "candidates": 10,
-          "total": 115,
-          "cached": 50,
-          "thoughts": 5,
-          "tool": 0
-        },
-        "roles": {
-          "utility_router": {
-            "totalRequests": 1,
-            "totalErrors": 0,
-            "totalLatencyMs": 56,
-            "tokens": {
-              "input": 50,
-              "prompt": 100,
-              "candidates": 10,
-              "total": 115,
-              "cached": 50,
-              "thoughts": 5,
-              "tool": 0
-            }
-          }
-        }
-      },
-      "gemini-3.8-flash": {
-        "api": {
-          "totalRequests": 2,
-          "totalErrors": 0,
-          "totalLatencyMs": 292,
-          "errorsByType": {}
-        },
-        "tokens": {
-          "input": 11195,
-          "prompt": 22389,
-          "candidates": 20,
-          "total": 22419,
-          "cached": 11194,
-          "thoughts": 10,
-          "tool": 0
-        },
-        "roles": {
-          "main": {
-            "totalRequests": 2,
-            "totalErrors": 0,
-            "totalLatencyMs": 292,
-            "tokens": {
-              "input": 11195,
-              "prompt": 22389,
-              "candidates": 20,
-              "total": 22419,
-              "cached": 11194,
-              "thoughts": 10,
-              "tool": 0
-            }
-          }
-        }
-      }
-    },
-    "tools": {
-      "totalCalls": 1,
-      "totalSuccess": 0,
-      "totalFail": 1,
-      "totalDurationMs": 0,
-      "totalDecisions": {
-        "accept": 0,
-        "reject": 0,
-        "modify": 0,
-        "auto_accept": 0
-      },
-      "byName": {
-        "write_file": {
-          "count": 1,
-          "success": 0,
-          "fail": 1,
-          "durationMs": 0,
-          "decisions": {
-            "accept": 0,
-            "reject": 0,
-            "modify": 0,
-            "auto_accept": 0
-          }
-        }
-      }
-    },
-    "files": {
-      "totalLinesAdded": 0,
-      "totalLinesRemoved": 0
-    }
-  }
-}"""
 
-OUTSIDE_STDERR = r"""Warning: Basic terminal detected (TERM=dumb). Visual rendering will be limited. For the best experience, use a terminal emulator with truecolor support.
-Warning: 256-color support not detected. Using a terminal with at least 256-color support is recommended for a better visual experience.
-Ripgrep is not available. Falling back to GrepTool.
-Error executing tool write_file: Path not in workspace: Attempted path "/tmp/sample/outside.txt" resolves outside the allowed workspace directories: /tmp/sample/worktree or the project temp directory: /tmp/sample/home/.gemini/tmp/worktree
-"""
+def refusal(path: str) -> str:
+    """Why the CLI refused a write_file to ``path`` (outside the worktree)."""
+    return (
+        f'Path not in workspace: Attempted path "{path}" resolves outside the allowed workspace'
+        " directories: /tmp/sample/worktree or the project temp directory:"
+        " /tmp/sample/home/.gemini/tmp/worktree"
+    )
 
-DOTGIT_STDERR = r"""Warning: Basic terminal detected (TERM=dumb). Visual rendering will be limited. For the best experience, use a terminal emulator with truecolor support.
-Warning: 256-color support not detected. Using a terminal with at least 256-color support is recommended for a better visual experience.
-Ripgrep is not available. Falling back to GrepTool.
-Error executing tool write_file: Path not in workspace: Attempted path "/tmp/sample/worktree/.git/x" resolves outside the allowed workspace directories: /tmp/sample/worktree or the project temp directory: /tmp/sample/home/.gemini/tmp/worktree
-"""
-# fmt: on
+
+def refused_write(path: str) -> str:
+    """The CLI's stderr when it refused a write_file to ``path``."""
+    return STDERR_HEAD + f"Error executing tool write_file: {refusal(path)}\n"
+
+
+OUTSIDE_STDERR = refused_write("/tmp/sample/outside.txt")
+DOTGIT_STDERR = refused_write("/tmp/sample/worktree/.git/x")
+
+OUTSIDE_STDOUT = cli_stdout(
+    "d7540b05-8158-40db-b01d-192ac510d12c",
+    answer({"status": "fail", "blocker": refusal("/tmp/sample/outside.txt")}),
+    router_ms=56,
+    main_ms=292,
+    prompt=22389,
+    cached=11194,
+    write_ms=0,
+    write_ok=False,
+)
 
 SUCCESS_TOKENS = {"input": 22458, "output": 30, "thoughts": 15, "cache_read": 11229}
 
@@ -495,11 +292,8 @@ def test_api_errors_are_the_last_object_on_stderr(stderr: str, error: str) -> No
 
 
 def test_missing_auth_type_is_an_error() -> None:
-    obj = {
-        "session_id": "s",
-        "error": {"type": "Error", "message": "Invalid auth method selected.", "code": 41},
-    }
-    env = unwrap("Warning: Basic terminal detected\n" + json.dumps(obj) + "\n")
+    error = cli_error("s", "Invalid auth method selected.", 41, indent=None)
+    env = unwrap("Warning: Basic terminal detected\n" + error + "\n")
     assert env is not None
     assert env.error == "gemini reported an error: Invalid auth method selected."
 
@@ -653,25 +447,13 @@ def test_the_http_retry_after_header_is_not_in_the_output() -> None:
 
 
 def test_missing_auth_type_exit_41_is_auth() -> None:
-    obj = {
-        "session_id": "s",
-        "error": {"type": "Error", "message": "Invalid auth method selected.", "code": 41},
-    }
-    env = unwrap(json.dumps(obj, indent=2) + "\n")
+    env = unwrap(cli_error("s", "Invalid auth method selected.", 41) + "\n")
     assert env is not None and env.error_class == "auth" and env.retry_after_s is None
 
 
 def test_a_dropped_connection_is_overloaded() -> None:
     # Seen once: the server closed the connection mid-response (exit 1).
-    obj = {
-        "session_id": "s",
-        "error": {
-            "type": "Error",
-            "message": "exception TypeError: fetch failed sending request",
-            "code": 1,
-        },
-    }
-    env = unwrap(json.dumps(obj, indent=2) + "\n")
+    env = unwrap(cli_error("s", "exception TypeError: fetch failed sending request", 1) + "\n")
     assert env is not None and env.error_class == "overloaded"
 
 
@@ -680,8 +462,7 @@ def test_a_bad_request_or_unknown_model_has_no_class() -> None:
     # agent_error, retried by the ordinary rules only.
     for code in (400, 404):
         body = json.dumps({"error": {"code": code, "message": "models/x is not found"}})
-        obj = {"session_id": "s", "error": {"type": "Error", "message": body, "code": code}}
-        env = unwrap(json.dumps(obj, indent=2) + "\n")
+        env = unwrap(cli_error("s", body, code) + "\n")
         assert env is not None and env.error is not None and env.error_class is None
 
 
