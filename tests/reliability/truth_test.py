@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PY, git, init_repo, read_tasks, run_cli, task, write_spec
+from conftest import PY, git, init_repo, read_tasks, run_cli, task, wait_for, write_spec
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -27,13 +27,6 @@ pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 # "evil\u202etxt.exe" as "evilexe.txt").
 UNSAFE = ("\x1b", "\x07", "\u202e", "\x9b")
 EVIL = "evil\x1b[2J\x07\u202etxt.exe"
-
-
-def wait_for(pred: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def _no_trace(spec: Path) -> None:
