@@ -19,6 +19,7 @@ import platform
 import random
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -256,6 +257,7 @@ class Measured:
     stdout: str = ""
     stderr: str = ""
     load: str = field(default_factory=loadavg)
+    stopped: bool = False  # the timeout fired and stop_signal was sent
 
 
 def _vm_hwm_kib(pid: int) -> int | None:
@@ -274,10 +276,12 @@ def measure(
     env: Mapping[str, str] | None = None,
     timeout: float = 1800,
     sample_s: float = 0.02,
+    stop_signal: int = signal.SIGKILL,
 ) -> Measured:
     """Run ``argv`` and measure its wall time, its own peak RSS (the kernel's high-water
     mark VmHWM, read until it exits: exact up to the last sample) and, from wait4, the
-    peak RSS of the whole tree and its CPU time.
+    peak RSS of the whole tree and its CPU time. After ``timeout`` seconds it is sent
+    ``stop_signal`` (SIGINT lets specexec stop its tasks and exit); ``stopped`` says so.
 
     The wall time ends when a blocking wait4 returns: a polling loop would round every
     figure up to its period (20 ms is a tenth of a start-up). A thread samples VmHWM.
@@ -298,7 +302,13 @@ def measure(
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        killer = threading.Timer(timeout, proc.kill)
+        fired = threading.Event()
+
+        def stop() -> None:
+            fired.set()
+            proc.send_signal(stop_signal)
+
+        killer = threading.Timer(timeout, stop)
         killer.start()
         try:
             _, status, rusage = os.wait4(proc.pid, 0)
@@ -318,6 +328,7 @@ def measure(
             cpu_s=rusage.ru_utime + rusage.ru_stime,
             stdout=out.read().decode(errors="replace"),
             stderr=err.read().decode(errors="replace"),
+            stopped=fired.is_set(),
         )
 
 

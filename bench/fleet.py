@@ -34,9 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -49,10 +47,10 @@ from common import (
     SPECEXEC,
     Report,
     Target,
-    bench_env,
     git,
     init_repo,
     loadavg,
+    measure,
     scratch,
     table,
 )
@@ -210,12 +208,15 @@ def run_once(
             "SPECEXEC_MAX_CPU_PERCENT": "100",
             "SPECEXEC_WORKTREE_DIR": str(root / name / "worktrees"),
         }
-        wall, code, stopped, stderr = run_capped(
+        # Stopped with SIGINT at the cap: specexec puts its tasks back to pending, exits 130.
+        ran = measure(
             [*SPECEXEC, "run", "specs/fleet", "--jobs", str(args.jobs), "--json", *MODES[mode]],
             cwd=repo,
             env=env,
-            cap=args.cap,
+            timeout=args.cap,
+            stop_signal=signal.SIGINT,
         )
+        wall, code, stopped, stderr = ran.wall, ran.returncode, ran.stopped, ran.stderr
         ok, rejected, peak = srv.ok, srv.rejected, srv.peak
     load = loadavg()
     runs = sorted((repo / "specs" / "fleet" / ".specexec" / "runs").glob("*/run.json"))
@@ -245,34 +246,6 @@ def run_once(
         "cost": float(metrics.get("cost_usd") or 0.0),
         "load": load,
     }
-
-
-def run_capped(
-    argv: list[str], *, cwd: Path, env: dict[str, str], cap: float
-) -> tuple[float, int, bool, str]:
-    """Run ``argv`` as common.measure does (wall time up to a blocking wait), but stop it
-    with SIGINT after ``cap`` seconds: specexec stops its tasks, puts them back to pending
-    and exits 130. (wall s, exit code, stopped at the cap, stderr)."""
-    with tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            argv, cwd=cwd, env={**bench_env(), **env}, stdout=subprocess.DEVNULL, stderr=err
-        )
-        fired = threading.Event()
-
-        def stop() -> None:
-            fired.set()
-            proc.send_signal(signal.SIGINT)
-
-        timer = threading.Timer(cap, stop)
-        timer.start()
-        try:
-            code = proc.wait()
-        finally:
-            timer.cancel()
-        wall = time.perf_counter() - t0
-        err.seek(0)
-        return wall, code, fired.is_set(), err.read().decode(errors="replace")
 
 
 def main(argv: list[str] | None = None) -> int:
