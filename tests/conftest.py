@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -36,6 +38,21 @@ T = TypeVar("T")
 def env_int(name: str, default: int) -> int:
     """A size a test reads from the environment (to run it bigger than by default)."""
     return int(os.environ.get(name) or default)
+
+
+def skip_unless_nobody_can_run_specexec() -> None:
+    """Skip a test that runs specexec as uid 65534 (root reads everything, so only another
+    user meets a read-only file) where that cannot work: not root, no setpriv, or a
+    checkout below a directory others may not enter (a clone in ``mktemp -d``, mode 0700),
+    where nobody could not import specexec or these tests."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root (to become another user) and setpriv")
+    checkout = Path(__file__).resolve().parent.parent
+    for d in (checkout, *checkout.parents):
+        if not os.stat(d).st_mode & stat.S_IXOTH:
+            pytest.skip(
+                f"{d} is mode {stat.S_IMODE(os.stat(d).st_mode):o}: uid 65534 cannot reach the checkout"
+            )
 
 
 def wait_until(pred: Callable[[], T], timeout: float, interval: float = 0.02) -> T | None:

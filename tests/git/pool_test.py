@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PY, git, init_repo, read_tasks, run_cli, task, write_spec
+from conftest import (
+    PY,
+    git,
+    init_repo,
+    read_tasks,
+    run_cli,
+    skip_unless_nobody_can_run_specexec,
+    task,
+    write_spec,
+)
 
 from specexec.errors import GitError
 from specexec.git.pool import WorktreePool
@@ -313,9 +322,9 @@ print("OK")
 """
 
 
-@pytest.mark.skipif(not ROOT or shutil.which("setpriv") is None, reason="needs root and setpriv")
 def test_read_only_leftovers_for_a_user_that_chmod_does_stop(tmp_path: Path) -> None:
     """As root nothing is read-only to git; as an ordinary user it is. Run as nobody."""
+    skip_unless_nobody_can_run_specexec()
     base = Path(tempfile.mkdtemp(prefix="specexec-nobody-"))
     try:
         os.chown(base, 65534, 65534)

@@ -19,7 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PY, git, init_repo, read_tasks, run_cli, task, wait_for, write_spec
+from conftest import (
+    PY,
+    git,
+    init_repo,
+    read_tasks,
+    run_cli,
+    skip_unless_nobody_can_run_specexec,
+    task,
+    wait_for,
+    write_spec,
+)
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -804,8 +814,7 @@ def test_an_unreadable_directory_fails_the_task_and_nothing_lands(tmp_path: Path
     import shutil
     import tempfile
 
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root (to become another user) and setpriv")
+    skip_unless_nobody_can_run_specexec()
     base = Path(tempfile.mkdtemp(prefix="specexec-nobody-"))
     try:
         repo = init_repo(base / "r", {"README.md": "hello\n", "src/a.py": "a = 1\n"})
