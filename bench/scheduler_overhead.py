@@ -123,10 +123,11 @@ def summarize_profile(raw: str, top: int) -> str:
             incl[f] += n
         if "CoalescingWriter._run" in stack:
             threads["tasks.json writer thread (CoalescingWriter._run)"] += n
-        elif "Executor._work" in stack:
-            threads["task threads (Executor._work)"] += n
+        elif "Executor._work" in stack or "Reactor._finish" in stack:
+            threads["task threads (Executor._work, Reactor._finish)"] += n
         else:
-            threads["main thread (startup, loop, summary)"] += n
+            # With --isolation none the loop runs the tasks' steps itself (run/reactor.py).
+            threads["main thread (startup, loop and its tasks, summary)"] += n
     if not total:
         return "py-spy recorded no samples."
 

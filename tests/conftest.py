@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 import pytest
 
 from specexec.git.workspace import Workspace
@@ -74,6 +75,14 @@ def wait_for(pred: Callable[[], T], timeout: float, what: str, interval: float =
     if value is None:
         raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
     return value
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not: a container's PID 1 may never reap it)."""
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
 
 
 def git(cwd: Path, *args: str, check: bool = True) -> str:

@@ -8,15 +8,15 @@ import json
 import os
 import stat
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from specexec.errors import SpecexecError
 from specexec.git import refs
 from specexec.plan import patterns as paths
-from specexec.run.processes import ProcessOutcome, run_process, worker_env
+from specexec.run.processes import ProcessOutcome, ProcessRequest, worker_env
 from specexec.run.prompt import (
     BlockerResult,
     MergedInput,
@@ -130,7 +130,41 @@ class _Prepared:
     env: Mapping[str, str]
 
 
+# An attempt as steps: it yields each process it needs run and is sent back its outcome,
+# so that one driver may block on it (a thread) and another wait on many (the loop).
+Steps = Generator[ProcessRequest, ProcessOutcome, AttemptOutcome]
+
+
 def run_attempt(ctx: AttemptContext) -> AttemptOutcome:
+    """The whole attempt in the calling thread."""
+    return drive(attempt_steps(ctx))
+
+
+_T = TypeVar("_T")
+
+
+def drive(
+    steps: Generator[ProcessRequest, ProcessOutcome, _T],
+    value: ProcessOutcome | None = None,
+    error: BaseException | None = None,
+) -> _T:
+    """Run ``steps`` on from ``value`` (None: from their start; or ``error`` raised in
+    them) to their end in this thread, each process waited for in turn. An exception
+    while a process runs is raised in the steps, at the step that asked for it."""
+    while True:
+        try:
+            # None starts them
+            req = steps.send(value) if error is None else steps.throw(error)  # type: ignore[arg-type]
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        error = None
+        try:
+            value = req.run()
+        except BaseException as e:
+            error = e
+
+
+def attempt_steps(ctx: AttemptContext) -> Steps:
     wt: Worktree | None = None
     out = AttemptOutcome("fail")
     try:
@@ -143,7 +177,7 @@ def run_attempt(ctx: AttemptContext) -> AttemptOutcome:
             else:
                 wt = ctx.workspace.create_worktree(ctx.spec.name, ctx.task.id, sparse=sparse)
         prep = _prepare(ctx, wt)
-        proc = _run(ctx, prep, prep.invocation.command, prep.invocation.stdin_prompt)
+        proc = yield _request(ctx, prep, prep.invocation.command, prep.invocation.stdin_prompt)
         out = replace(out, worker_seconds=proc.duration_s)
         if proc.cancelled:
             _not_committed(ctx, wt, prep)
@@ -156,7 +190,7 @@ def run_attempt(ctx: AttemptContext) -> AttemptOutcome:
         if out.status != "pass":
             return _finish(ctx, wt, out)
         if ctx.task.verify:
-            vproc = _run(ctx, prep, ctx.task.verify, False)
+            vproc = yield _request(ctx, prep, ctx.task.verify, False)
             out = replace(out, worker_seconds=out.worker_seconds + vproc.duration_s)
             if vproc.cancelled:
                 return _cancelled(ctx, wt, out)
@@ -231,10 +265,10 @@ def _prepare(ctx: AttemptContext, wt: Worktree | None) -> _Prepared:
     return _Prepared(cwd, files, result_file, inv, env)
 
 
-def _run(
+def _request(
     ctx: AttemptContext, prep: _Prepared, command: str | tuple[str, ...], stdin_prompt: bool
-) -> ProcessOutcome:
-    return run_process(
+) -> ProcessRequest:
+    return ProcessRequest(
         command,
         cwd=prep.cwd,
         env=prep.env,

@@ -1,5 +1,7 @@
-"""The run loop (DESIGN §2, §3, §5): one single-threaded loop owns every piece of state;
-worker threads run one task each and report back through a queue."""
+"""The run loop (DESIGN §2, §3, §5): one single-threaded loop owns every piece of state.
+A task runs as steps (attempt.Steps): in a worker thread of its own, which reports back
+through a queue, or, when nothing of it blocks but its processes (isolation "none"), in
+the loop itself, which waits on all such processes at once (reactor)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,9 +26,10 @@ from specexec.run import attempt as taskrun
 from specexec.run import fleet
 from specexec.run.excerpt import log_excerpt
 from specexec.run.handoff import merge_data
-from specexec.run.processes import worker_env
+from specexec.run.processes import ProcessOutcome, ProcessRequest, worker_env
 from specexec.run.progress import Reporter
 from specexec.run.prompt import MergedInput, ParallelContext
+from specexec.run.reactor import Reactor
 from specexec.run.report import TaskRecord, run_metrics
 from specexec.system import atomic_write, utc_iso, utc_stamp
 from specexec.tasksfile.bounds import bound_record
@@ -279,7 +282,13 @@ class Executor:
         announced = self.slots is None
         if announced:
             self._on_attempt(_Attempt(key, prog.resume.attempt + 1))
-        self.pool.submit(self._work, key, ctx_for, task, prog.resume, announced)
+        steps = self._task_steps(key, ctx_for, task, prog.resume, announced)
+        isolation = self.opts.isolation or task.isolation
+        if announced and isolation == "none" and self.reactor.available:
+            # Nothing of it blocks but its processes: this loop waits on them, no thread.
+            self.reactor.advance(key, steps, None)
+        else:
+            self.pool.submit(self._work, key, steps)
 
     def _context_factory(
         self, r: SpecRun, task: Task
@@ -345,21 +354,30 @@ class Executor:
                 return True
         return False
 
-    def _work(self, key: Key, make: _Make, task: Task, resume: _Resume, announced: bool) -> None:
+    def _work(self, key: Key, steps: _TaskSteps) -> None:
+        """A task in a worker thread: every step of it, each process waited for here."""
         if self.slots is not None:
             if not self._take_slot():
-                self.queue.put(_NotStarted(key))
+                steps.close()
+                self._post(_NotStarted(key))
                 return
             try:
-                self._work_in_slot(key, make, task, resume, announced)
+                self._post(taskrun.drive(steps))
             finally:
                 self.slots.release()
         else:
-            self._work_in_slot(key, make, task, resume, announced)
+            self._post(taskrun.drive(steps))
 
-    def _work_in_slot(
+    def _post(self, msg: _Attempt | _Done | _NotStarted) -> None:
+        self.queue.put(msg)
+        if threading.get_ident() != self.loop_thread:
+            self.reactor.wake()  # the loop may be waiting in the reactor
+
+    def _task_steps(
         self, key: Key, make: _Make, task: Task, resume: _Resume, announced: bool
-    ) -> None:
+    ) -> _TaskSteps:
+        """A task's attempts, retries and reruns, as steps (see attempt.Steps); its
+        _Done at the end."""
         start = attempt_start = time.time()
         retries = self.opts.retries if self.opts.retries is not None else task.max_retries
         attempt, retried, timeout = resume.attempt, resume.retried, resume.timeout
@@ -372,11 +390,11 @@ class Executor:
             while True:
                 attempt += 1
                 if not announced:
-                    self.queue.put(_Attempt(key, attempt))
+                    self._post(_Attempt(key, attempt))
                 announced = False  # a retry is announced from here
                 attempt_start = time.time()
                 rerun = task.on_conflict == "rerun" and not rerun_done
-                outcome = taskrun.run_attempt(make(attempt, timeout, conflicts, rerun))
+                outcome = yield from taskrun.attempt_steps(make(attempt, timeout, conflicts, rerun))
                 worker_seconds += outcome.worker_seconds
                 res = outcome.result
                 if res is not None and res.cost_usd is not None:
@@ -412,6 +430,8 @@ class Executor:
                     attempt=attempt + 1,
                     reason=outcome.blocker or "failed",
                 )
+        except GeneratorExit:
+            raise
         except BaseException as e:
             outcome = taskrun.AttemptOutcome(
                 "fail",
@@ -419,20 +439,18 @@ class Executor:
                 retryable=False,
                 error_class="worker_failed",
             )
-        self.queue.put(
-            _Done(
-                key,
-                outcome,
-                attempt,
-                retried,
-                start,
-                time.time(),
-                worker_seconds,
-                attempt_start=attempt_start,
-                cost_usd=cost,
-                tokens=tokens or None,
-                resume=_Resume(attempt, retried, timeout, rerun_done, conflicts),
-            )
+        return _Done(
+            key,
+            outcome,
+            attempt,
+            retried,
+            start,
+            time.time(),
+            worker_seconds,
+            attempt_start=attempt_start,
+            cost_usd=cost,
+            tokens=tokens or None,
+            resume=_Resume(attempt, retried, timeout, rerun_done, conflicts),
         )
 
     # -- the loop ----------------------------------------------------------------------
@@ -503,10 +521,13 @@ class Executor:
         self.pool = ThreadPoolExecutor(
             max_workers=self.opts.jobs, thread_name_prefix="specexec-task"
         )
+        self.loop_thread = threading.get_ident()
+        self.reactor: Reactor[Key, _Done] = Reactor(self.pool, self._post, self.cancel)
         try:
             self._loop()
         finally:
-            self.pool.shutdown(wait=True)
+            self.pool.shutdown(wait=True)  # first: its threads post (and wake) until done
+            self.reactor.close()
             for wt_pool in self.worktree_pools.values():
                 wt_pool.close()
             for r in self.runs.values():
@@ -575,25 +596,42 @@ class Executor:
                 if self.draining and not self.schedule.done():
                     self.interrupted = True  # tasks are left pending
                 break
-            try:
-                msg = self.queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if isinstance(msg, _Attempt):
-                self._on_attempt(msg)
-            elif isinstance(msg, _NotStarted):
-                self.active.pop(msg.key, None)
-                self.schedule.release(msg.key)
-                prog = self.progress.get(msg.key)
-                task = self.runs[msg.key[0]].spec.task(msg.key[1])
-                if prog is not None and prog.resume.attempt > task.attempts:
-                    self._back_to_pending(msg.key)  # it had run, then waited out a limit
-                else:
-                    self.started_at.pop(msg.key, None)
-                    self.progress.pop(msg.key, None)
+            for msg in self._messages():
+                self._dispatch(msg)
+
+    def _messages(self) -> list[_Attempt | _Done | _NotStarted]:
+        """What the tasks reported. While there is nothing, waits in the reactor (which
+        runs the loop's own tasks' steps meanwhile) up to 0.2 s, so that a cancel or a
+        drain is seen."""
+        out = self._queued()
+        if not out:
+            self.reactor.wait(0.2)
+            out = self._queued()
+        return out
+
+    def _queued(self) -> list[_Attempt | _Done | _NotStarted]:
+        out = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                out.append(self.queue.get_nowait())
+        return out
+
+    def _dispatch(self, msg: _Attempt | _Done | _NotStarted) -> None:
+        if isinstance(msg, _Attempt):
+            self._on_attempt(msg)
+        elif isinstance(msg, _NotStarted):
+            self.active.pop(msg.key, None)
+            self.schedule.release(msg.key)
+            prog = self.progress.get(msg.key)
+            task = self.runs[msg.key[0]].spec.task(msg.key[1])
+            if prog is not None and prog.resume.attempt > task.attempts:
+                self._back_to_pending(msg.key)  # it had run, then waited out a limit
             else:
-                self.active.pop(msg.key, None)
-                self._on_done(msg)
+                self.started_at.pop(msg.key, None)
+                self.progress.pop(msg.key, None)
+        else:
+            self.active.pop(msg.key, None)
+            self._on_done(msg)
 
     # How many ready tasks the loop takes from the schedule beyond what can start now
     # (tasks of a worker at its limit): enough that another worker's tasks behind them
@@ -1028,3 +1066,4 @@ class Executor:
 
 
 _Make = Callable[[int, float, tuple[str, ...], bool], taskrun.AttemptContext]
+_TaskSteps = Generator[ProcessRequest, ProcessOutcome, _Done]

@@ -50,6 +50,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -762,6 +763,234 @@ def _start_error(exc: OSError, program: str, cwd: Path) -> str:
     return f"cannot start {program!r}: {exc.strerror or exc}"
 
 
+@dataclass(frozen=True, slots=True)
+class ProcessRequest:
+    """What run_process / start_worker are asked to run (an attempt hands these to its
+    driver: a thread that blocks on each, or the executor's loop, which waits on many)."""
+
+    command: Sequence[str] | str
+    cwd: Path
+    env: Mapping[str, str]
+    stdin_path: Path | None
+    log_path: Path
+    timeout_s: float | None
+    grace_s: float = 5.0
+    cancel: threading.Event | None = None
+    registry_dir: Path | None = None
+
+    def run(self) -> ProcessOutcome:
+        return run_process(self.command, **self._options())
+
+    def start(self) -> Worker | ProcessOutcome:
+        return start_worker(self.command, **self._options())
+
+    def _options(self) -> dict[str, Any]:
+        return {
+            "cwd": self.cwd,
+            "env": self.env,
+            "stdin_path": self.stdin_path,
+            "log_path": self.log_path,
+            "timeout_s": self.timeout_s,
+            "grace_s": self.grace_s,
+            "cancel": self.cancel,
+            "registry_dir": self.registry_dir,
+        }
+
+
+class Worker:
+    """A started worker process, until its end is recorded (``finish``).
+
+    run_process drives one from start to end in the calling thread; the executor's loop
+    drives many at once, waiting on their pidfds, and hands one to a thread only when it
+    must block (stopping a group that outlived its leader, a timeout, a cancel)."""
+
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        *,
+        command: Sequence[str] | str,
+        marker: str,
+        log_fd: int,
+        stdin: int,
+        began: float,
+        deadline: float | None,
+        grace_s: float,
+        registry_dir: Path | None,
+    ) -> None:
+        self.proc = proc
+        self.pgid = proc.pid  # start_new_session: the leader's pid is the group id
+        self.command = command
+        self.marker = marker
+        self.log_fd = log_fd
+        self.stdin = stdin
+        self.began = began
+        self.deadline = deadline  # monotonic
+        self.grace_s = grace_s
+        self.registry_dir = registry_dir
+        self.pidfd = _pidfd(proc.pid)
+        # Recorded only if still running after a moment: most short workers are done by
+        # then, and reading a process's start time while it is still in exec() blocks for
+        # about a millisecond. A runner killed within that moment leaves the group to the
+        # next run's sweep_spec_orphans.
+        self.register_at: float | None = None
+        if registry_dir is not None:
+            soon = began + _REGISTER_AFTER_S
+            self.register_at = soon if deadline is None else min(soon, deadline)
+        self.registered: Path | None = None
+        self._group_stopped = False
+        self._closed = False
+
+    def fileno(self) -> int:
+        """The pidfd (readable once the leader has exited); -1 without pidfds."""
+        return -1 if self.pidfd is None else self.pidfd
+
+    def register(self) -> None:
+        """Record the group in the registry (for the guardian and the next run's sweep)
+        if the leader is still running; done at ``register_at``."""
+        self.register_at = None
+        if self.registry_dir is not None and self.proc.poll() is None:
+            self.registered = _register(self.registry_dir, self.proc.pid, _describe(self.command))
+            guard(self.registry_dir)
+
+    def exited(self) -> bool:
+        """Whether the leader has exited (reaped here if so)."""
+        return self.proc.poll() is not None
+
+    def left_running(self) -> bool:
+        """After the leader exited: is anything still running in its group (``cmd &``)?
+        Stopping it may take up to the grace period."""
+        return bool(live_group_members(self.pgid))
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """SIGTERM the group, SIGKILL what is left after the grace period (blocks)."""
+        if not self._group_stopped:
+            self._group_stopped = True
+            _stop_group(self.proc, self.pgid, self.grace_s if grace_s is None else grace_s)
+
+    def finish(self, *, timed_out: bool = False, cancelled: bool = False) -> ProcessOutcome:
+        """End the attempt's processes and record the end: the group (if the leader timed
+        out, was cancelled or left members behind), then every orphan with the attempt's
+        marker; the log's footer. May block for the grace period; once only."""
+        global _in_flight
+        assert not self._closed
+        self._closed = True
+        try:
+            try:
+                if timed_out or cancelled or self.left_running():
+                    self.stop()
+            finally:
+                if self.pidfd is not None:
+                    os.close(self.pidfd)
+                with _state_lock:
+                    _in_flight -= 1
+                    _live_markers.discard(self.marker)
+                    since = _busy_since[0] if _in_flight == 0 else None
+                # Whatever left the group (setsid, double fork, setpgid) goes too, at every
+                # end: normal, timeout, cancel or an exception in the waiting thread.
+                sweep_task(self.marker, grace_s=self.grace_s, cleared_since=since)
+                if self.proc.returncode is not None:
+                    with _state_lock:
+                        _own_sessions.discard(self.proc.pid)
+            duration = time.monotonic() - self.began
+            rc = self.proc.returncode
+            why = "timed out" if timed_out else "cancelled" if cancelled else f"exit {rc}"
+            _footer(self.log_fd, f"{why} after {duration:.2f}s")
+            return ProcessOutcome(rc, timed_out, cancelled, duration, self.proc.pid, None)
+        finally:
+            if self.stdin != subprocess.DEVNULL:
+                os.close(self.stdin)
+            os.close(self.log_fd)
+            if self.registered is not None:
+                self.registered.unlink(missing_ok=True)
+
+
+def start_worker(
+    command: Sequence[str] | str,
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    stdin_path: Path | None,
+    log_path: Path,
+    timeout_s: float | None,
+    grace_s: float = 5.0,
+    cancel: threading.Event | None = None,
+    registry_dir: Path | None = None,
+) -> Worker | ProcessOutcome:
+    """Start ``command`` (argv, or a string for ``sh -c``) in its own session, output to
+    the log; the Worker, or the outcome of a command that never started (``start_error``
+    says why, or ``cancel`` was already set). Never raises for a command that cannot be
+    started. stdin is ``stdin_path`` (else /dev/null)."""
+    argv: list[str] = [_shell(), "-c", command] if isinstance(command, str) else list(command)
+    if not argv:
+        return ProcessOutcome(None, False, False, 0.0, 0, "empty command")
+    if cancel is not None and cancel.is_set():
+        return ProcessOutcome(None, False, True, 0.0, 0, None)
+    global _in_flight
+    become_subreaper()
+    marker = new_marker()
+    # Never the runner's own mark: that would make the worker's orphans look like ours.
+    full_env = {k: v for k, v in env.items() if k != RUNNER_VAR}
+    full_env[MARKER_VAR] = marker
+    log_fd = _open_log(log_path)
+    stdin: int = subprocess.DEVNULL
+    began = time.monotonic()
+    try:
+        _header(log_fd, command, cwd, env)
+        if stdin_path is not None:
+            # A descriptor, not a file object: three system calls fewer per task.
+            stdin = os.open(stdin_path, os.O_RDONLY | os.O_CLOEXEC)
+            if stat.S_ISDIR(os.fstat(stdin).st_mode):  # as open() would refuse it
+                os.close(stdin)
+                stdin = subprocess.DEVNULL
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(stdin_path))
+        with _state_lock:
+            # Under the lock: reap_orphans must know it is ours before it can exit.
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=full_env,
+                stdin=stdin,
+                stdout=log_fd,
+                stderr=log_fd,
+                start_new_session=True,
+                close_fds=True,
+            )
+            _own_sessions.add(proc.pid)
+            if _in_flight == 0:
+                _busy_since[0] = _process_clock() - _BORN_SLACK_S
+            _in_flight += 1
+            _live_markers.add(marker)
+    except OSError as exc:
+        if stdin_path is not None and stdin == subprocess.DEVNULL:
+            message = f"cannot read the prompt file {stdin_path}: {exc.strerror or exc}"
+        else:
+            message = _start_error(exc, argv[0], cwd)
+        try:
+            _footer(log_fd, message)
+        finally:
+            if stdin != subprocess.DEVNULL:
+                os.close(stdin)
+            os.close(log_fd)
+        return ProcessOutcome(None, False, False, time.monotonic() - began, 0, message)
+    except BaseException:
+        if stdin != subprocess.DEVNULL:
+            os.close(stdin)
+        os.close(log_fd)
+        raise
+    deadline = None if timeout_s is None else began + max(0.0, timeout_s)
+    return Worker(
+        proc,
+        command=command,
+        marker=marker,
+        log_fd=log_fd,
+        stdin=stdin,
+        began=began,
+        deadline=deadline,
+        grace_s=grace_s,
+        registry_dir=registry_dir,
+    )
+
+
 def run_process(
     command: Sequence[str] | str,
     *,
@@ -782,119 +1011,48 @@ def run_process(
     the group before it propagates. ``on_start(pid)`` is called once the process runs
     (with ``registry_dir``: once it is recorded, or has already ended).
     """
-    argv: list[str] = [_shell(), "-c", command] if isinstance(command, str) else list(command)
-    if not argv:
-        return ProcessOutcome(None, False, False, 0.0, 0, "empty command")
-    if cancel is not None and cancel.is_set():
-        return ProcessOutcome(None, False, True, 0.0, 0, None)
-    global _in_flight
-    become_subreaper()
-    marker = new_marker()
-    # Never the runner's own mark: that would make the worker's orphans look like ours.
-    full_env = {k: v for k, v in env.items() if k != RUNNER_VAR}
-    full_env[MARKER_VAR] = marker
-    log_fd = _open_log(log_path)
-    stdin: int = subprocess.DEVNULL
-    registered: Path | None = None
-    began = time.monotonic()
+    w = start_worker(
+        command,
+        cwd=cwd,
+        env=env,
+        stdin_path=stdin_path,
+        log_path=log_path,
+        timeout_s=timeout_s,
+        grace_s=grace_s,
+        cancel=cancel,
+        registry_dir=registry_dir,
+    )
+    if isinstance(w, ProcessOutcome):
+        return w
     try:
-        _header(log_fd, command, cwd, env)
-        try:
-            if stdin_path is not None:
-                # A descriptor, not a file object: three system calls fewer per task.
-                stdin = os.open(stdin_path, os.O_RDONLY | os.O_CLOEXEC)
-                if stat.S_ISDIR(os.fstat(stdin).st_mode):  # as open() would refuse it
-                    os.close(stdin)
-                    stdin = subprocess.DEVNULL
-                    raise IsADirectoryError(
-                        errno.EISDIR, os.strerror(errno.EISDIR), str(stdin_path)
-                    )
-            with _state_lock:
-                # Under the lock: reap_orphans must know it is ours before it can exit.
-                proc = subprocess.Popen(
-                    argv,
-                    cwd=cwd,
-                    env=full_env,
-                    stdin=stdin,
-                    stdout=log_fd,
-                    stderr=log_fd,
-                    start_new_session=True,
-                    close_fds=True,
-                )
-                _own_sessions.add(proc.pid)
-                if _in_flight == 0:
-                    _busy_since[0] = _process_clock() - _BORN_SLACK_S
-                _in_flight += 1
-                _live_markers.add(marker)
-        except OSError as exc:
-            if stdin_path is not None and stdin == subprocess.DEVNULL:
-                message = f"cannot read the prompt file {stdin_path}: {exc.strerror or exc}"
-            else:
-                message = _start_error(exc, argv[0], cwd)
-            _footer(log_fd, message)
-            return ProcessOutcome(None, False, False, time.monotonic() - began, 0, message)
-        pgid = proc.pid  # start_new_session: the leader's pid is the group id
-        deadline = None if timeout_s is None else began + max(0.0, timeout_s)
-        pidfd = _pidfd(proc.pid)
-        try:
-            timed_out = cancelled = False
-            if registry_dir is not None:
-                # Recorded only if still running after a moment: most short workers are
-                # done by then, and reading a process's start time while it is still
-                # in exec() blocks for about a millisecond. A runner killed within that
-                # moment leaves the group to the next run's sweep_spec_orphans.
-                soon = time.monotonic() + _REGISTER_AFTER_S
-                early = soon if deadline is None else min(soon, deadline)
-                timed_out, cancelled = _wait(proc, pidfd, early, cancel)
-                if timed_out and not cancelled:
-                    registered = _register(registry_dir, proc.pid, _describe(command))
-                    guard(registry_dir)
-                    timed_out = False
-            if on_start is not None:
-                on_start(proc.pid)
-            if proc.returncode is None and not cancelled:
-                timed_out, cancelled = _wait(proc, pidfd, deadline, cancel)
-            if timed_out or cancelled:
-                _stop_group(proc, pgid, grace_s)
-            elif live_group_members(pgid):
-                # The leader is done; whatever it left running in its group goes too.
-                _stop_group(None, pgid, grace_s)
-        except BaseException:
-            _stop_group(proc, pgid, min(grace_s, 1.0))
-            grace_s = min(grace_s, 1.0)
-            raise
-        finally:
-            if pidfd is not None:
-                os.close(pidfd)
-            with _state_lock:
-                _in_flight -= 1
-                _live_markers.discard(marker)
-                since = _busy_since[0] if _in_flight == 0 else None
-            # Whatever left the group (setsid, double fork, setpgid) goes too, at every
-            # end: normal, timeout, cancel or an exception in this thread.
-            sweep_task(marker, grace_s=grace_s, cleared_since=since)
-            if proc.returncode is not None:
-                with _state_lock:
-                    _own_sessions.discard(proc.pid)
-        duration = time.monotonic() - began
-        rc = proc.returncode
-        why = "timed out" if timed_out else "cancelled" if cancelled else f"exit {rc}"
-        _footer(log_fd, f"{why} after {duration:.2f}s")
-        return ProcessOutcome(rc, timed_out, cancelled, duration, proc.pid, None)
-    finally:
-        if stdin != subprocess.DEVNULL:
-            os.close(stdin)
-        os.close(log_fd)
-        if registered is not None:
-            registered.unlink(missing_ok=True)
+        timed_out, cancelled = wait_for(w, cancel, on_start)
+    except BaseException:
+        w.grace_s = min(grace_s, 1.0)
+        w.stop()
+        w.finish()
+        raise
+    return w.finish(timed_out=timed_out, cancelled=cancelled)
 
 
-def _wait(
-    proc: subprocess.Popen[bytes],
-    pidfd: int | None,
-    deadline: float | None,
-    cancel: threading.Event | None,
+def wait_for(
+    w: Worker, cancel: threading.Event | None, on_start: Callable[[int], None] | None = None
 ) -> tuple[bool, bool]:
+    """Block until the worker's leader exits, its deadline passes or ``cancel`` is set,
+    recording it in the registry at its moment; returns (timed_out, cancelled)."""
+    timed_out = cancelled = False
+    if w.register_at is not None:
+        timed_out, cancelled = _wait(w, w.register_at, cancel)
+        if timed_out and not cancelled:
+            w.register()
+            timed_out = False
+    if on_start is not None:
+        on_start(w.proc.pid)
+    if w.proc.returncode is None and not cancelled:
+        timed_out, cancelled = _wait(w, w.deadline, cancel)
+    return timed_out, cancelled
+
+
+def _wait(w: Worker, deadline: float | None, cancel: threading.Event | None) -> tuple[bool, bool]:
     """Block until the leader exits, ``deadline`` (monotonic) passes or ``cancel`` is
     set; returns (timed_out, cancelled).
 
@@ -909,18 +1067,29 @@ def _wait(
         step = remaining
         if cancel is not None:
             step = _CANCEL_SLICE_S if remaining is None else min(_CANCEL_SLICE_S, remaining)
-        if pidfd is not None:
-            if select.select([pidfd], [], [], step)[0]:
-                proc.wait()
+        if w.pidfd is not None:
+            if select.select([w.pidfd], [], [], step)[0]:
+                w.proc.wait()
                 return False, False
         else:
             try:
-                proc.wait(timeout=step)
+                w.proc.wait(timeout=step)
                 return False, False
             except subprocess.TimeoutExpired:
                 pass
         if cancel is not None and cancel.is_set():
             return False, True
+
+
+@functools.cache
+def pidfds_work() -> bool:
+    """Whether this system has pidfds (Linux >= 5.3): a worker can then be waited on in
+    a selector beside others."""
+    fd = _pidfd(os.getpid())
+    if fd is None:
+        return False
+    os.close(fd)
+    return True
 
 
 def _pidfd(pid: int) -> int | None:

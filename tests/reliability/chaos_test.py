@@ -1,4 +1,5 @@
-"""Chaos: ``specexec run`` and ``specexec watch`` SIGKILLed at random moments.
+"""Chaos: ``specexec run`` (with worktrees, and with ``--isolation none``, where the
+run's loop waits on the workers itself) and ``specexec watch`` SIGKILLed at random moments.
 
 Each trial builds a fresh repository with a multi-wave spec (5 tasks, 3 waves, --jobs 2).
 Every task's worker leaves a background child (``sleep 60 &``) in its process group, the
@@ -8,7 +9,8 @@ after a random task event, or just after a worker started), then restarted once;
 restart must finish the work. Then:
 
 - every task is ``pass``; each task's change is on the integration branch exactly once
-  (one commit per task, the file holds one line);
+  (one commit per task, the file holds one line); without worktrees, each task's file in
+  the checkout holds only its change (once per attempt that got that far);
 - tasks.json parsed at every moment of the trial (a reader thread re-reads it in a loop),
   and every line of events.jsonl parses;
 - no worktree, branch, ref or stash entry is left, beyond at most --jobs pooled worktrees;
@@ -225,8 +227,8 @@ def run_task_event(line: str) -> bool:
     return '"task_started"' in line or '"task_finished"' in line
 
 
-def chaos_run(repo: Path, spec: Path, rng: random.Random, trial: Trial) -> None:
-    argv = [PY, "-m", "specexec", "run", str(spec), "--jobs", str(JOBS), "--json"]
+def chaos_run(repo: Path, spec: Path, rng: random.Random, trial: Trial, *extra: str) -> None:
+    argv = [PY, "-m", "specexec", "run", str(spec), "--jobs", str(JOBS), "--json", *extra]
     for _ in range(kills_in_a_row(rng)):
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:
@@ -329,6 +331,18 @@ def check_trial(repo: Path, spec: Path, trial: Trial, parser: Parser, mode: str)
     assert all(t["status"] == "pass" for t in tasks.values()), {
         k: (t["status"], t.get("blocker")) for k, t in tasks.items()
     }
+    if mode == "run-none":
+        # No worktree, no merge: each worker wrote into the checkout, once per attempt
+        # that got that far (an interrupted one starts again from pending).
+        for t in SHAPE:
+            lines = (repo / "out" / f"{t}.txt").read_text().splitlines()
+            assert lines and set(lines) == {f"change of {t}"}, (t, lines)
+    else:
+        check_merged_once(repo)
+    check_nothing_left(repo, spec, trial, parser)
+
+
+def check_merged_once(repo: Path) -> None:
     subjects = git(repo, "log", "--no-merges", "--format=%s", f"specexec/{SPEC}").splitlines()
     for t in SHAPE:
         assert sum(s.startswith(f"{t}:") for s in subjects) == 1, (t, subjects)
@@ -336,6 +350,9 @@ def check_trial(repo: Path, spec: Path, trial: Trial, parser: Parser, mode: str)
         touching = git(repo, "log", "--format=%H", "--no-merges", f"specexec/{SPEC}", "--",
                        f"out/{t}.txt")  # fmt: skip
         assert len(touching.splitlines()) == 1, (t, touching)  # merged exactly once
+
+
+def check_nothing_left(repo: Path, spec: Path, trial: Trial, parser: Parser) -> None:
     assert git(repo, "stash", "list") == ""
     assert not parser.errors, parser.errors[:3]
     events = (spec / ".specexec" / "events.jsonl").read_text().splitlines()
@@ -376,7 +393,10 @@ def one_trial(base: Path, n: int, mode: str) -> Trial:
     parser = Parser(spec / "tasks.json")
     parser.start()
     try:
-        (chaos_run if mode == "run" else chaos_watch)(repo, spec, rng, trial)
+        if mode == "watch":
+            chaos_watch(repo, spec, rng, trial)
+        else:
+            chaos_run(repo, spec, rng, trial, *(["--isolation", "none"] * (mode == "run-none")))
     finally:
         parser.stop.set()
         parser.join()
@@ -423,16 +443,18 @@ def summary(mode: str, trials: list[Trial]) -> str:
 CHAOS_TIMEOUT = pytest.mark.timeout(120 + 20 * TRIALS)
 
 
-def check_the_kills_hit(trials: list[Trial]) -> None:
+def check_the_kills_hit(trials: list[Trial], worktrees: bool = True) -> None:
     """The trials proved something: the kills came mid-run, at every kind of moment,
-    while tasks held pool slots and worker groups, leaving git state to clean up."""
+    while tasks held worker groups, and (with worktrees) pool slots, leaving git state to
+    clean up."""
     # Kills at a random time may come after the last task ended (a fast machine, an idle
     # one): at least a third must land while tasks were left to run.
     assert sum(t.mid_run_kills > 0 for t in trials) >= len(trials) / 3
     assert set().union(*(t.kinds for t in trials)) == {"time", "event", "worker"}
-    assert sum(t.slot_kills for t in trials) > 0
-    assert sum(t.leftover_kills for t in trials) > 0
     assert sum(len(t.recorded_groups) for t in trials) > 0
+    if worktrees:
+        assert sum(t.slot_kills for t in trials) > 0
+        assert sum(t.leftover_kills for t in trials) > 0
 
 
 @CHAOS_TIMEOUT
@@ -440,6 +462,14 @@ def test_sigkill_run_at_random_moments_then_restart(tmp_path: Path) -> None:
     trials = run_trials(tmp_path, "run")
     print(summary("run", trials))
     check_the_kills_hit(trials)
+
+
+@CHAOS_TIMEOUT
+def test_sigkill_run_without_worktrees_at_random_moments_then_restart(tmp_path: Path) -> None:
+    """The same with --isolation none: the run's loop waits on the workers itself."""
+    trials = run_trials(tmp_path, "run-none")
+    print(summary("run-none", trials))
+    check_the_kills_hit(trials, worktrees=False)
 
 
 @CHAOS_TIMEOUT

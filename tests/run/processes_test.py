@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import wait_for, wait_until
+from conftest import alive, wait_for, wait_until
 
 from specexec import system
 from specexec.run.processes import (
@@ -531,13 +531,6 @@ def _escaped(tmp_path: Path) -> int:
     return int(pid)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
-
-
 def _kill(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
@@ -553,7 +546,7 @@ def test_a_process_that_left_the_group_dies_with_its_task(
     pid = _escaped(tmp_path)
     try:
         assert out.returncode == 0
-        assert not _alive(pid), f"{how}: pid {pid} outlived its task"
+        assert not alive(pid), f"{how}: pid {pid} outlived its task"
         assert not psutil.pid_exists(pid) or psutil.Process(pid).ppid() != os.getpid(), (
             "its zombie was left to this process"
         )
@@ -566,7 +559,7 @@ def test_a_timed_out_workers_setsid_child_dies_too(tmp_path: Path, groups: list[
     pid = _escaped(tmp_path)
     try:
         assert out.timed_out
-        assert not _alive(pid)
+        assert not alive(pid)
     finally:
         _kill(pid)
 
@@ -584,7 +577,7 @@ def test_a_cancelled_workers_setsid_child_dies_too(tmp_path: Path, groups: list[
     pid = _escaped(tmp_path)
     try:
         assert out.cancelled
-        assert not _alive(pid)
+        assert not alive(pid)
     finally:
         _kill(pid)
 
@@ -620,13 +613,13 @@ def test_an_unrelated_process_and_another_tasks_process_are_untouched(
         other_pid = _escaped(other_dir)
         out = run(tmp_path, f"{ESCAPES['setsid']} {_AWAIT}", groups)
         mine = _escaped(tmp_path)
-        assert out.returncode == 0 and not _alive(mine)
-        assert _alive(other_pid), "another task's process was stopped at this task's end"
+        assert out.returncode == 0 and not alive(mine)
+        assert alive(other_pid), "another task's process was stopped at this task's end"
         assert unrelated.poll() is None, "an unrelated process was stopped"
         (other_dir / "stop").touch()
         thread.join(30)
         assert other and other[0].returncode == 0
-        assert not _alive(other_pid)
+        assert not alive(other_pid)
         assert unrelated.poll() is None
     finally:
         (other_dir / "stop").touch()
