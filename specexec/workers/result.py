@@ -115,12 +115,18 @@ def read_log_tail(log_path: Path, max_bytes: int = LOG_TAIL_BYTES) -> str:
     """The latest attempt's output: at most the last ``max_bytes`` of the log, starting
     after the last attempt header, without specexec's own end line."""
     try:
-        with open(log_path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            f.seek(max(0, size - max_bytes))
-            data = f.read(max_bytes)
+        fd = os.open(log_path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return ""
+    try:
+        # One read of what is there: a buffered read of max_bytes maps that much per task.
+        size = os.fstat(fd).st_size
+        length = min(size, max_bytes)
+        data = os.pread(fd, length, size - length)
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
     text = data.decode("utf-8", "replace")
     start = text.rfind("\n" + ATTEMPT_HEADER)
     if start >= 0:
