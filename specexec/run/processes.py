@@ -684,20 +684,22 @@ def sweep_task(marker: str, *, grace_s: float, cleared_since: float | None = Non
     """Stop every process the attempt with ``marker`` left behind, wherever it went
     (setsid, double fork, setpgid), with all its descendants, and reap their zombies.
     Returns the pids stopped."""
-    sub = _subreaper()
-    # Without a subreaper the orphans went to init: only a scan of everything finds them.
-    if sub:
-        found, any_orphan = _task_orphans(marker, cleared_since)
-    else:
-        found, any_orphan = marked_processes(marker), False
-    targets = set(found)
-    targets.discard(os.getpid())
+    found, any_orphan = _task_leftovers(marker, cleared_since)
+    targets = set(found) - {os.getpid()}
     stopped = _stop_all(targets, grace_s) if targets else set()
     # No orphan at all a moment ago: no zombie to reap either (a later one is reaped by
     # the next sweep); this skips a second scan of the children at most tasks' end.
-    if sub and (any_orphan or targets):
+    if _subreaper() and (any_orphan or targets):
         reap_orphans()
     return sorted(stopped)
+
+
+def _task_leftovers(marker: str, cleared_since: float | None) -> tuple[list[int], bool]:
+    """What sweep_task would stop (and whether any orphan at all was seen)."""
+    if _subreaper():
+        return _task_orphans(marker, cleared_since)
+    # Without a subreaper the orphans went to init: only a scan of everything finds them.
+    return marked_processes(marker), False
 
 
 # --------------------------------------------------------------------------- run
@@ -871,31 +873,73 @@ class Worker:
         """End the attempt's processes and record the end: the group (if the leader timed
         out, was cancelled or left members behind), then every orphan with the attempt's
         marker; the log's footer. May block for the grace period; once only."""
-        global _in_flight
-        assert not self._closed
-        self._closed = True
         try:
             try:
                 if timed_out or cancelled or self.left_running():
                     self.stop()
             finally:
-                if self.pidfd is not None:
-                    os.close(self.pidfd)
-                with _state_lock:
-                    _in_flight -= 1
-                    _live_markers.discard(self.marker)
-                    since = _busy_since[0] if _in_flight == 0 else None
                 # Whatever left the group (setsid, double fork, setpgid) goes too, at every
                 # end: normal, timeout, cancel or an exception in the waiting thread.
-                sweep_task(self.marker, grace_s=self.grace_s, cleared_since=since)
-                if self.proc.returncode is not None:
-                    with _state_lock:
-                        _own_sessions.discard(self.proc.pid)
+                try:
+                    sweep_task(self.marker, grace_s=self.grace_s, cleared_since=self._since())
+                finally:
+                    self._count_out()
+        except BaseException:
+            self._close(None)
+            raise
+        return self._close((timed_out, cancelled))
+
+    def finish_now(self) -> ProcessOutcome | None:
+        """``finish()`` of a leader that exited, when nothing is left to stop (the usual
+        end); None, and nothing done, when its group or an orphan with its marker still
+        runs (stopping them may take the grace period: call ``finish()``)."""
+        if self.left_running():
+            return None
+        found, any_orphan = _task_leftovers(self.marker, self._since())
+        if found:
+            return None
+        try:
+            self._count_out()
+            if any_orphan and _subreaper():
+                reap_orphans()
+        except BaseException:
+            self._close(None)
+            raise
+        return self._close((False, False))
+
+    def _since(self) -> float | None:
+        """When the busy period that ends with this attempt began, if no other attempt is
+        in flight (its sweep may then stop orphans no attempt can own), else None."""
+        with _state_lock:
+            return _busy_since[0] if _in_flight == 1 else None
+
+    def _count_out(self) -> None:
+        """This attempt is no longer in flight. Only after its sweep: until then its
+        marker is live, so that another attempt's sweep leaves its orphans to it."""
+        global _in_flight
+        assert not self._closed
+        self._closed = True
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+        with _state_lock:
+            _in_flight -= 1
+            _live_markers.discard(self.marker)
+
+    def _close(self, end: tuple[bool, bool] | None) -> ProcessOutcome:
+        """Close the attempt's files; with ``end`` (timed_out, cancelled), its footer
+        first (none after an error)."""
+        try:
+            if self.proc.returncode is not None:
+                with _state_lock:
+                    _own_sessions.discard(self.proc.pid)
             duration = time.monotonic() - self.began
             rc = self.proc.returncode
-            why = "timed out" if timed_out else "cancelled" if cancelled else f"exit {rc}"
-            _footer(self.log_fd, f"{why} after {duration:.2f}s")
-            return ProcessOutcome(rc, timed_out, cancelled, duration, self.proc.pid, None)
+            if end is not None:
+                why = "timed out" if end[0] else "cancelled" if end[1] else f"exit {rc}"
+                _footer(self.log_fd, f"{why} after {duration:.2f}s")
+            return ProcessOutcome(
+                rc, bool(end and end[0]), bool(end and end[1]), duration, self.proc.pid, None
+            )
         finally:
             if self.stdin != subprocess.DEVNULL:
                 os.close(self.stdin)

@@ -112,15 +112,13 @@ class Reactor(Generic[K, R]):
 
     def _exited(self, w: _Waiting[K, R]) -> None:
         self._forget(w)
-        if not w.worker.exited() or w.worker.left_running():
-            self._in_thread(w, timed_out=False, cancelled=False)  # stopping it may block
-            return
-        # Nothing left in its group: only an orphan that ignores SIGTERM (a hostile
-        # worker) can hold this up, for at most the grace period.
         try:
-            out = w.worker.finish()
+            out = w.worker.finish_now() if w.worker.exited() else None
         except Exception as e:
             self.advance(w.key, w.steps, None, e)
+            return
+        if out is None:  # something of it is left to stop, which may take a while
+            self._in_thread(w, timed_out=False, cancelled=False)
         else:
             self.advance(w.key, w.steps, out)
 

@@ -194,3 +194,39 @@ def test_a_worker_without_a_pidfd_is_waited_on_by_a_thread(
     assert tasks["ok"]["status"] == "pass"
     assert tasks["slow"]["status"] == "fail" and tasks["slow"]["error_class"] == "timeout"
     assert not any(alive(p) for p in pids(out))
+
+
+@both
+def test_an_orphan_that_ignores_sigterm_holds_up_only_its_own_task(
+    repo: Path, tmp_path: Path, isolation: str
+) -> None:
+    """A's worker leaves a process outside its group that ignores SIGTERM: killing it takes
+    the grace period (5 s). B, running beside it, ends while that orphan still lives:
+    neither the loop nor B's own end waits for it."""
+    orphan = tmp_path / "orphan"
+    a = (
+        f"setsid sh -c 'trap \"\" TERM; echo $$ > {q(orphan)}; exec sleep 300' & "
+        f"while [ ! -s {q(orphan)} ]; do sleep 0.01; done"
+    )
+    spec = write_spec(
+        repo / "specs" / "hold",
+        [task("A", files=["a.txt"], command=a), task("B", files=["b.txt"], command="sleep 1")],
+    )
+    argv = [PY, "-m", "specexec", "run", str(spec), "--isolation", isolation, "--jobs", "2"]
+    run = subprocess.Popen([*argv, "--json"], stdout=subprocess.PIPE, text=True)
+    finished, alive_when_b_ended = [], None
+    try:
+        assert run.stdout is not None
+        for line in run.stdout:
+            event = json.loads(line) if line.startswith("{") else {}
+            if event.get("event") == "task_finished":
+                finished.append(event["task"])
+                if event["task"] == "B":
+                    alive_when_b_ended = alive(pids(orphan)[0])
+        assert run.wait(timeout=60) == 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert finished == ["B", "A"]
+    assert alive_when_b_ended, "B's end waited for A's orphan to be killed"
+    assert not alive(pids(orphan)[0]), "the orphan outlived its task"
