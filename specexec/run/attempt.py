@@ -1,5 +1,6 @@
-"""One attempt of one task, from worktree to merge (DESIGN §3). Runs in a worker thread
-of the executor; touches nothing but its own worktree, its run files and the git layer."""
+"""One attempt of one task, from worktree to merge (DESIGN §3), as steps that a worker
+thread or the executor's loop drives; touches nothing but its own worktree, its run files
+and the git layer."""
 
 from __future__ import annotations
 

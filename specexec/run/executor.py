@@ -127,8 +127,8 @@ class _NotStarted:
 
 @dataclass(frozen=True, slots=True)
 class _Resume:
-    """Where a task's attempts stand when a worker thread takes it up (again, after a
-    wait): the loop's record, handed to the thread and back."""
+    """Where a task's attempts stand when its steps start (again, after a wait): the
+    loop's record, handed to the steps and back."""
 
     attempt: int  # the last attempt's number (tasks.json's attempts at first)
     retried: int = 0  # retries used against max_retries
@@ -208,7 +208,7 @@ class Executor:
         self._pace: list[float] = []
         # The fleet (issue 17). Every task the schedule started is in exactly one of:
         # ``held`` (may start once its worker, the machine and the budget allow), ``active``
-        # (in a worker thread), ``waiting`` (a rate limit or overload waited out, until
+        # (its steps running, in a thread or the loop), ``waiting`` (a rate limit or overload waited out, until
         # the time given). The schedule counts all three as running, so file conflicts
         # and blockers hold; its pool size is kept at jobs + held + waiting, so only
         # ``active`` tasks take one of the --jobs slots.
@@ -344,7 +344,7 @@ class Executor:
 
         return make
 
-    # -- worker threads ----------------------------------------------------------------
+    # -- a task's steps, and the thread that runs them when it has one ------------------
 
     def _take_slot(self) -> bool:
         """Wait for a slot of the shared pool; False if drained or cancelled meanwhile."""

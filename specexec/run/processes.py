@@ -804,7 +804,7 @@ class Worker:
 
     run_process drives one from start to end in the calling thread; the executor's loop
     drives many at once, waiting on their pidfds, and hands one to a thread only when it
-    must block (stopping a group that outlived its leader, a timeout, a cancel)."""
+    must block (a timeout, a cancel, stopping what outlived the leader)."""
 
     def __init__(
         self,
@@ -934,12 +934,11 @@ class Worker:
                     _own_sessions.discard(self.proc.pid)
             duration = time.monotonic() - self.began
             rc = self.proc.returncode
+            timed_out, cancelled = end or (False, False)
             if end is not None:
-                why = "timed out" if end[0] else "cancelled" if end[1] else f"exit {rc}"
+                why = "timed out" if timed_out else "cancelled" if cancelled else f"exit {rc}"
                 _footer(self.log_fd, f"{why} after {duration:.2f}s")
-            return ProcessOutcome(
-                rc, bool(end and end[0]), bool(end and end[1]), duration, self.proc.pid, None
-            )
+            return ProcessOutcome(rc, timed_out, cancelled, duration, self.proc.pid, None)
         finally:
             if self.stdin != subprocess.DEVNULL:
                 os.close(self.stdin)
