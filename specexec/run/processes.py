@@ -50,7 +50,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psutil
 
@@ -780,23 +779,19 @@ class ProcessRequest:
     cancel: threading.Event | None = None
     registry_dir: Path | None = None
 
-    def run(self) -> ProcessOutcome:
-        return run_process(self.command, **self._options())
-
-    def start(self) -> Worker | ProcessOutcome:
-        return start_worker(self.command, **self._options())
-
-    def _options(self) -> dict[str, Any]:
-        return {
-            "cwd": self.cwd,
-            "env": self.env,
-            "stdin_path": self.stdin_path,
-            "log_path": self.log_path,
-            "timeout_s": self.timeout_s,
-            "grace_s": self.grace_s,
-            "cancel": self.cancel,
-            "registry_dir": self.registry_dir,
-        }
+    def run(self, on_start: Callable[[int], None] | None = None) -> ProcessOutcome:
+        """Start it and wait for it and its group in this thread (see run_process)."""
+        w = start_worker(self)
+        if isinstance(w, ProcessOutcome):
+            return w
+        try:
+            timed_out, cancelled = wait_for(w, self.cancel, on_start)
+        except BaseException:
+            w.grace_s = min(self.grace_s, 1.0)
+            w.stop()
+            w.finish()
+            raise
+        return w.finish(timed_out=timed_out, cancelled=cancelled)
 
 
 class Worker:
@@ -809,35 +804,33 @@ class Worker:
     def __init__(
         self,
         proc: subprocess.Popen[bytes],
+        req: ProcessRequest,
         *,
-        command: Sequence[str] | str,
         marker: str,
         log_fd: int,
         stdin: int,
         began: float,
-        deadline: float | None,
-        grace_s: float,
-        registry_dir: Path | None,
     ) -> None:
         self.proc = proc
         self.pgid = proc.pid  # start_new_session: the leader's pid is the group id
-        self.command = command
+        self.command = req.command
         self.marker = marker
         self.log_fd = log_fd
         self.stdin = stdin
         self.began = began
-        self.deadline = deadline  # monotonic
-        self.grace_s = grace_s
-        self.registry_dir = registry_dir
+        # When it times out (monotonic, as ``began``).
+        self.deadline = None if req.timeout_s is None else began + max(0.0, req.timeout_s)
+        self.grace_s = req.grace_s
+        self.registry_dir = req.registry_dir
         self.pidfd = _pidfd(proc.pid)
         # Recorded only if still running after a moment: most short workers are done by
         # then, and reading a process's start time while it is still in exec() blocks for
         # about a millisecond. A runner killed within that moment leaves the group to the
         # next run's sweep_spec_orphans.
         self.register_at: float | None = None
-        if registry_dir is not None:
+        if self.registry_dir is not None:
             soon = began + _REGISTER_AFTER_S
-            self.register_at = soon if deadline is None else min(soon, deadline)
+            self.register_at = soon if self.deadline is None else min(soon, self.deadline)
         self.registered: Path | None = None
         self._group_stopped = False
         self._closed = False
@@ -947,26 +940,16 @@ class Worker:
                 self.registered.unlink(missing_ok=True)
 
 
-def start_worker(
-    command: Sequence[str] | str,
-    *,
-    cwd: Path,
-    env: Mapping[str, str],
-    stdin_path: Path | None,
-    log_path: Path,
-    timeout_s: float | None,
-    grace_s: float = 5.0,
-    cancel: threading.Event | None = None,
-    registry_dir: Path | None = None,
-) -> Worker | ProcessOutcome:
-    """Start ``command`` (argv, or a string for ``sh -c``) in its own session, output to
-    the log; the Worker, or the outcome of a command that never started (``start_error``
+def start_worker(req: ProcessRequest) -> Worker | ProcessOutcome:
+    """Start ``req.command`` (argv, or a string for ``sh -c``) in its own session, output
+    to the log; the Worker, or the outcome of a command that never started (``start_error``
     says why, or ``cancel`` was already set). Never raises for a command that cannot be
     started. stdin is ``stdin_path`` (else /dev/null)."""
+    command, cwd, env, stdin_path = req.command, req.cwd, req.env, req.stdin_path
     argv: list[str] = [_shell(), "-c", command] if isinstance(command, str) else list(command)
     if not argv:
         return ProcessOutcome(None, False, False, 0.0, 0, "empty command")
-    if cancel is not None and cancel.is_set():
+    if req.cancel is not None and req.cancel.is_set():
         return ProcessOutcome(None, False, True, 0.0, 0, None)
     global _in_flight
     become_subreaper()
@@ -974,9 +957,10 @@ def start_worker(
     # Never the runner's own mark: that would make the worker's orphans look like ours.
     full_env = {k: v for k, v in env.items() if k != RUNNER_VAR}
     full_env[MARKER_VAR] = marker
-    log_fd = _open_log(log_path)
+    log_fd = _open_log(req.log_path)
     stdin: int = subprocess.DEVNULL
     began = time.monotonic()
+    worker: Worker | None = None
     try:
         _header(log_fd, command, cwd, env)
         if stdin_path is not None:
@@ -1003,35 +987,20 @@ def start_worker(
                 _busy_since[0] = _process_clock() - _BORN_SLACK_S
             _in_flight += 1
             _live_markers.add(marker)
+        worker = Worker(proc, req, marker=marker, log_fd=log_fd, stdin=stdin, began=began)
+        return worker
     except OSError as exc:
         if stdin_path is not None and stdin == subprocess.DEVNULL:
             message = f"cannot read the prompt file {stdin_path}: {exc.strerror or exc}"
         else:
             message = _start_error(exc, argv[0], cwd)
-        try:
-            _footer(log_fd, message)
-        finally:
+        _footer(log_fd, message)
+        return ProcessOutcome(None, False, False, time.monotonic() - began, 0, message)
+    finally:
+        if worker is None:  # the worker owns them from its start
             if stdin != subprocess.DEVNULL:
                 os.close(stdin)
             os.close(log_fd)
-        return ProcessOutcome(None, False, False, time.monotonic() - began, 0, message)
-    except BaseException:
-        if stdin != subprocess.DEVNULL:
-            os.close(stdin)
-        os.close(log_fd)
-        raise
-    deadline = None if timeout_s is None else began + max(0.0, timeout_s)
-    return Worker(
-        proc,
-        command=command,
-        marker=marker,
-        log_fd=log_fd,
-        stdin=stdin,
-        began=began,
-        deadline=deadline,
-        grace_s=grace_s,
-        registry_dir=registry_dir,
-    )
 
 
 def run_process(
@@ -1054,27 +1023,10 @@ def run_process(
     the group before it propagates. ``on_start(pid)`` is called once the process runs
     (with ``registry_dir``: once it is recorded, or has already ended).
     """
-    w = start_worker(
-        command,
-        cwd=cwd,
-        env=env,
-        stdin_path=stdin_path,
-        log_path=log_path,
-        timeout_s=timeout_s,
-        grace_s=grace_s,
-        cancel=cancel,
-        registry_dir=registry_dir,
+    req = ProcessRequest(
+        command, cwd, env, stdin_path, log_path, timeout_s, grace_s, cancel, registry_dir
     )
-    if isinstance(w, ProcessOutcome):
-        return w
-    try:
-        timed_out, cancelled = wait_for(w, cancel, on_start)
-    except BaseException:
-        w.grace_s = min(grace_s, 1.0)
-        w.stop()
-        w.finish()
-        raise
-    return w.finish(timed_out=timed_out, cancelled=cancelled)
+    return req.run(on_start)
 
 
 def wait_for(

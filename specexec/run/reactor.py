@@ -6,8 +6,9 @@ of all of them at once beside its own wake-up pipe. Where waiting would block th
 group to stop after a timeout, a cancel, or members its leader left running), the task
 goes on in a thread of the executor's pool. Without pidfds every task takes a thread.
 
-Owns: the selector, the wake pipe, the started workers. Starts no process itself: that is
-processes.start_worker's; what a task does is attempt's and the executor's.
+Owns: the selector, the wake pipe, the workers it waits on. Processes are started and
+ended by processes.py (start_worker, Worker); what a task does is attempt's and the
+executor's.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from specexec.run.processes import (
     ProcessRequest,
     Worker,
     pidfds_work,
+    start_worker,
     wait_for,
 )
 
@@ -79,7 +81,7 @@ class Reactor(Generic[K, R]):
                 return
             error = None
             try:
-                started = req.start()
+                started = start_worker(req)
             except Exception as e:  # the task's steps say what it means
                 error = e
                 continue
