@@ -54,7 +54,9 @@ class Reactor(Generic[K, R]):
         self.cancel = cancel
         self.available = pidfds_work()
         self.selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_r, self._wake_w = os.pipe()  # not inherited (PEP 446)
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, None)
         self.waiting: dict[int, _Waiting[K, R]] = {}  # pidfd -> task
 
