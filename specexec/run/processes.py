@@ -1079,7 +1079,7 @@ def _wait(w: Worker, deadline: float | None, cancel: threading.Event | None) -> 
 @functools.cache
 def pidfds_work() -> bool:
     """Whether this system has pidfds (Linux >= 5.3): a worker can then be waited on in
-    a selector beside others."""
+    a poll set beside others."""
     fd = _pidfd(os.getpid())
     if fd is None:
         return False

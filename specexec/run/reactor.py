@@ -1,4 +1,4 @@
-"""Waiting on many workers from the run loop's thread (Linux pidfds in one selector).
+"""Waiting on many workers from the run loop's thread (Linux pidfds in one poll set).
 
 A task whose steps never block but for its processes (isolation "none": no git) needs no
 thread of its own: the loop runs its steps, starts each process, and waits on the pidfds
@@ -6,7 +6,7 @@ of all of them at once beside its own wake-up pipe. Where waiting would block th
 group to stop after a timeout, a cancel, or members its leader left running), the task
 goes on in a thread of the executor's pool. Without pidfds every task takes a thread.
 
-Owns: the selector, the wake pipe, the workers it waits on. Processes are started and
+Owns: the poll set, the wake pipe, the workers it waits on. Processes are started and
 ended by processes.py (start_worker, Worker); what a task does is attempt's and the
 executor's.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import selectors
+import select
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -53,11 +53,12 @@ class Reactor(Generic[K, R]):
         self.post = post
         self.cancel = cancel
         self.available = pidfds_work()
-        self.selector = selectors.DefaultSelector()
+        # select.poll, not selectors: the same here, and 3 ms less of start-up.
+        self.poller = select.poll()
         self._wake_r, self._wake_w = os.pipe()  # not inherited (PEP 446)
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self.selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self.poller.register(self._wake_r, select.POLLIN)
         self.waiting: dict[int, _Waiting[K, R]] = {}  # pidfd -> task
 
     def wake(self) -> None:
@@ -94,7 +95,7 @@ class Reactor(Generic[K, R]):
                 self.pool.submit(self._wait_in_thread, _Waiting(key, steps, started))
                 return
             self.waiting[started.fileno()] = _Waiting(key, steps, started)
-            self.selector.register(started.fileno(), selectors.EVENT_READ, None)
+            self.poller.register(started.fileno(), select.POLLIN)
             return
 
     def wait(self, timeout: float) -> None:
@@ -105,13 +106,13 @@ class Reactor(Generic[K, R]):
             for at in (w.worker.register_at, w.worker.deadline):
                 if at is not None:
                     timeout = min(timeout, at - now)
-        for sk, _ in self.selector.select(max(timeout, 0.0)):
-            if sk.fd == self._wake_r:
+        for fd, _ in self.poller.poll(max(timeout, 0.0) * 1000):
+            if fd == self._wake_r:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(self._wake_r, 4096):
                         pass
             else:
-                self._exited(self.waiting[sk.fd])
+                self._exited(self.waiting[fd])
         self._timers()
 
     def _exited(self, w: _Waiting[K, R]) -> None:
@@ -142,7 +143,7 @@ class Reactor(Generic[K, R]):
 
     def _forget(self, w: _Waiting[K, R]) -> None:
         fd = w.worker.fileno()
-        self.selector.unregister(fd)
+        self.poller.unregister(fd)
         del self.waiting[fd]
 
     def _in_thread(self, w: _Waiting[K, R], **end: bool) -> None:
@@ -176,6 +177,5 @@ class Reactor(Generic[K, R]):
             self._forget(w)
             w.worker.finish(cancelled=True)
             w.steps.close()
-        self.selector.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
