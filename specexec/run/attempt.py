@@ -131,9 +131,12 @@ class _Prepared:
     env: Mapping[str, str]
 
 
-# An attempt as steps: it yields each process it needs run and is sent back its outcome,
-# so that one driver may block on it (a thread) and another wait on many (the loop).
-Steps = Generator[ProcessRequest, ProcessOutcome, AttemptOutcome]
+_T = TypeVar("_T")
+
+# Work as steps (an attempt, a task's attempts): it yields each process it needs run and
+# is sent back its outcome, so that one driver may block on it (a thread) and another wait
+# on many (the loop's reactor); it returns its result.
+Steps = Generator[ProcessRequest, ProcessOutcome, _T]
 
 
 def run_attempt(ctx: AttemptContext) -> AttemptOutcome:
@@ -141,11 +144,8 @@ def run_attempt(ctx: AttemptContext) -> AttemptOutcome:
     return drive(attempt_steps(ctx))
 
 
-_T = TypeVar("_T")
-
-
 def drive(
-    steps: Generator[ProcessRequest, ProcessOutcome, _T],
+    steps: Steps[_T],
     value: ProcessOutcome | None = None,
     error: BaseException | None = None,
 ) -> _T:
@@ -165,7 +165,7 @@ def drive(
             error = e
 
 
-def attempt_steps(ctx: AttemptContext) -> Steps:
+def attempt_steps(ctx: AttemptContext) -> Steps[AttemptOutcome]:
     wt: Worktree | None = None
     out = AttemptOutcome("fail")
     try:

@@ -12,7 +12,7 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,7 +26,7 @@ from specexec.run import attempt as taskrun
 from specexec.run import fleet
 from specexec.run.excerpt import log_excerpt
 from specexec.run.handoff import merge_data
-from specexec.run.processes import ProcessOutcome, ProcessRequest, worker_env
+from specexec.run.processes import worker_env
 from specexec.run.progress import Reporter
 from specexec.run.prompt import MergedInput, ParallelContext
 from specexec.run.reactor import Reactor
@@ -1066,4 +1066,4 @@ class Executor:
 
 
 _Make = Callable[[int, float, tuple[str, ...], bool], taskrun.AttemptContext]
-_TaskSteps = Generator[ProcessRequest, ProcessOutcome, _Done]
+_TaskSteps = taskrun.Steps[_Done]

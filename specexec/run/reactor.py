@@ -18,15 +18,14 @@ import os
 import select
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from specexec.run.attempt import drive
+from specexec.run.attempt import Steps, drive
 from specexec.run.processes import (
     ProcessOutcome,
-    ProcessRequest,
     Worker,
     pidfds_work,
     start_worker,
@@ -35,7 +34,6 @@ from specexec.run.processes import (
 
 K = TypeVar("K")
 R = TypeVar("R")
-Steps = Generator[ProcessRequest, ProcessOutcome, R]
 
 
 @dataclass(slots=True)
